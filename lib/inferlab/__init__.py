@@ -1,0 +1,45 @@
+"""inferlab: LLM inference optimization, taught by running every technique live.
+
+The top level stays light (importing it does not import torch); each technique
+lives in its own module:
+
+- ``inferlab.loading``      ``load_model``, ``env_report``, device and dtype choice
+- ``inferlab.tiny``         the embedded default models and how they are trained
+- ``inferlab.kvcache``      KV-cache sizing
+- ``inferlab.paging``       the paged KV block allocator (PagedAttention)
+- ``inferlab.engine``       continuous batching: ``LLM``, ``SamplingParams``
+- ``inferlab.speculative``  speculative decoding
+- ``inferlab.bench``        honest benchmarks (``python -m inferlab.bench ...``)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first use so `import inferlab` is cheap.
+_LAZY = {
+    "load_model": "inferlab.loading",
+    "env_report": "inferlab.loading",
+    "pick_device": "inferlab.loading",
+    "pick_dtype": "inferlab.loading",
+    "EMBEDDED_MODELS": "inferlab.loading",
+    "LLM": "inferlab.engine",
+    "SamplingParams": "inferlab.engine",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inferlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,527 @@
+"""The embedded default models: a small Llama target and a ~10x smaller draft.
+
+Both are trained here, with a fixed seed, on a corpus every Python user already has:
+the source files of the Python standard library. They exist so that every notebook
+runs offline on a laptop, on Binder's 2 GB and in CI, with a model that writes
+plausible Python and a draft that a speculative decoder can actually use.
+
+- tokenizer: byte-level BPE (as GPT-2), trained with the ``tokenizers`` library, so
+  any text round-trips exactly, spaces and newlines included;
+- target: Llama architecture with grouped-query attention (Ainslie et al., 2023);
+- draft: the same architecture, ~10x fewer parameters, trained by distillation from
+  the target (Hinton et al., 2015; DistillSpec, Zhou et al., 2023) so that its greedy
+  guesses agree with the target's more often, which is what speculative decoding pays for.
+
+Run ``python -m inferlab.tiny train --out data/models`` (a GPU makes it a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SEED = 0
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+# Held-out modules (top-level names): never seen by the tokenizer or the models.
+HELDOUT_MODULES = (
+    "json", "textwrap", "heapq", "fractions", "statistics", "difflib",
+    "csv", "bisect", "shlex", "queue", "string", "colorsys",
+)
+EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "pydoc_data", "encodings", "ensurepip"}
+MAX_FILE_BYTES = 300_000
+PROMPTS = (
+    "def fibonacci(n):",
+    "class Stack:\n    def __init__(self):",
+    "import os\n\ndef list_python_files(path):",
+    "def is_prime(n):\n    \"\"\"Return True if n is prime.\"\"\"",
+    "    def __repr__(self):",
+)
+
+
+@dataclass
+class ModelShape:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+
+
+TARGET = ModelShape(256, 704, 8, 8, 2)
+DRAFT = ModelShape(96, 256, 2, 3, 1)
+
+
+@dataclass
+class TrainConfig:
+    vocab_size: int = 4096
+    context_length: int = 1024
+    seq_len: int = 512
+    batch_size: int = 64
+    target_steps: int = 3000
+    draft_steps: int = 2500
+    lr: float = 3e-3
+    draft_lr: float = 4e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    distill_weight: float = 0.8
+    eval_windows: int = 256
+    seed: int = SEED
+    notes: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def stdlib_files(root: str | None = None) -> list[Path]:
+    """Every .py file of the standard library, sorted, minus vendored and generated trees."""
+    root_path = Path(root or sysconfig.get_paths()["stdlib"])
+    files = []
+    for path in sorted(root_path.rglob("*.py")):
+        rel = path.relative_to(root_path)
+        if any(part in EXCLUDED_DIRS for part in rel.parts):
+            continue
+        if path.stat().st_size > MAX_FILE_BYTES:
+            continue
+        files.append(path)
+    return files
+
+
+def is_heldout(rel: Path) -> bool:
+    top = rel.parts[0]
+    return top.removesuffix(".py") in HELDOUT_MODULES
+
+
+def load_corpus(root: str | None = None) -> dict:
+    """{'train': [...texts], 'heldout': [...texts], 'meta': {...}} with a sha256 of the whole."""
+    root_path = Path(root or sysconfig.get_paths()["stdlib"])
+    digest = hashlib.sha256()
+    train, heldout, heldout_names = [], [], []
+    for path in stdlib_files(str(root_path)):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        rel = path.relative_to(root_path)
+        digest.update(str(rel).encode() + b"\0" + text.encode() + b"\0")
+        if is_heldout(rel):
+            heldout.append(text)
+            heldout_names.append(str(rel))
+        else:
+            train.append(text)
+    meta = {
+        "python": platform.python_version(),
+        "stdlib": str(root_path),
+        "files": len(train) + len(heldout),
+        "train_files": len(train),
+        "heldout_files": len(heldout),
+        "heldout_modules": list(HELDOUT_MODULES),
+        "train_bytes": sum(len(t.encode()) for t in train),
+        "heldout_bytes": sum(len(t.encode()) for t in heldout),
+        "sha256": digest.hexdigest(),
+    }
+    return {"train": train, "heldout": heldout, "heldout_names": heldout_names, "meta": meta}
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE: every byte is in the alphabet, so decoding is exact."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tok
+
+
+def hf_tokenizer(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        clean_up_tokenization_spaces=False,
+        model_max_length=TrainConfig.context_length,
+    )
+
+
+def encode_stream(tok, texts: list[str]):
+    """All texts as one token stream, documents separated by EOS."""
+    import numpy as np
+
+    eos = tok.token_to_id(EOS)
+    ids = []
+    for enc in tok.encode_batch(texts):
+        ids.extend(enc.ids)
+        ids.append(eos)
+    return np.asarray(ids, dtype=np.int32)
+
+
+# ---------------------------------------------------------------- models
+
+
+def llama_config(shape: ModelShape, cfg: TrainConfig, tok):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        head_dim=shape.hidden_size // shape.num_attention_heads,
+        max_position_embeddings=cfg.context_length,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tok.token_to_id(EOS),
+        eos_token_id=tok.token_to_id(EOS),
+        pad_token_id=tok.token_to_id(PAD),
+        attention_bias=False,
+        mlp_bias=False,
+        initializer_range=0.02,
+    )
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _batches(stream, cfg: TrainConfig, generator, device):
+    import torch
+
+    data = torch.from_numpy(stream.astype("int64"))
+    n = len(data) - cfg.seq_len - 1
+    while True:
+        starts = torch.randint(0, n, (cfg.batch_size,), generator=generator)
+        idx = starts[:, None] + torch.arange(cfg.seq_len + 1)[None, :]
+        chunk = data[idx].to(device, non_blocking=True)
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, teacher=None, log=print):
+    """AdamW with warmup + cosine; with ``teacher``, the loss mixes cross-entropy and KL(teacher || model)."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(cfg.seed + (1 if teacher is not None else 0))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=(device == "cuda"),
+    )
+    use_amp = device == "cuda"
+    batches = _batches(stream, cfg, gen, device)
+    model.train()
+    t0 = time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr, cfg.warmup)
+        x, y = next(batches)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(input_ids=x).logits.float()
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits = teacher(input_ids=x).logits.float()
+                kl = F.kl_div(
+                    F.log_softmax(logits, -1).view(-1, logits.size(-1)),
+                    F.log_softmax(t_logits, -1).view(-1, logits.size(-1)),
+                    log_target=True, reduction="batchmean",
+                )
+                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 250 == 0 or step == steps - 1:
+            log(f"step {step:5d}/{steps}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s")
+    model.eval()
+    return time.time() - t0
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def heldout_windows(stream, cfg: TrainConfig):
+    """Non-overlapping windows of the held-out stream, at most ``cfg.eval_windows``."""
+    import torch
+
+    data = torch.from_numpy(stream.astype("int64"))
+    n = min(cfg.eval_windows, (len(data) - 1) // cfg.seq_len)
+    return torch.stack([data[i * cfg.seq_len : i * cfg.seq_len + cfg.seq_len + 1] for i in range(n)])
+
+
+def perplexity(model, windows, device, batch_size: int = 32) -> float:
+    """exp(mean next-token cross-entropy) over the windows, in float32."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch_size):
+            chunk = windows[i : i + batch_size].to(device)
+            logits = model(input_ids=chunk[:, :-1]).logits.float()
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1), reduction="sum")
+            total += loss.item()
+            count += chunk[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def greedy_acceptance(target, draft, stream, device, k: int = 4, samples: int = 400, context: int = 128, seed: int = SEED):
+    """Mean number of k greedy draft tokens the target accepts (its argmax agrees), on held-out code.
+
+    Accepted count = length of the longest prefix of the draft's greedy k tokens that equals
+    the target's greedy choice at each position; the speculative step then adds one target token.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(stream.astype("int64"))
+    starts = torch.randint(0, len(data) - context - k - 1, (samples,), generator=gen)
+    ctx = torch.stack([data[s : s + context] for s in starts]).to(device)
+    with torch.no_grad():
+        proposal = ctx
+        for _ in range(k):
+            nxt = draft(input_ids=proposal).logits[:, -1].argmax(-1, keepdim=True)
+            proposal = torch.cat([proposal, nxt], dim=1)
+        target_choice = target(input_ids=proposal).logits[:, context - 1 : context - 1 + k].argmax(-1)
+    agree = (target_choice == proposal[:, context:]).int()
+    accepted = agree.cumprod(dim=1).sum(dim=1).float()
+    per_position = agree.cumprod(dim=1).float().mean(dim=0)
+    return {
+        "k": k,
+        "samples": samples,
+        "context_tokens": context,
+        "mean_accepted": accepted.mean().item(),
+        "mean_tokens_per_target_call": accepted.mean().item() + 1,
+        "accept_rate_by_position": [round(v, 4) for v in per_position.tolist()],
+    }
+
+
+def greedy_completions(model, hf_tok, device, max_new_tokens: int = 48) -> list[dict]:
+    import torch
+
+    out = []
+    for prompt in PROMPTS:
+        ids = torch.tensor([hf_tok.encode(prompt)], device=device)
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=hf_tok.pad_token_id)
+        out.append({"prompt": prompt, "completion": hf_tok.decode(gen[0, ids.shape[1] :].tolist())})
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def save_model(model, hf_tok, path: Path, dtype="float16"):
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    model = model.to(getattr(torch, dtype))
+    model.config.dtype = dtype
+    model.save_pretrained(path, safe_serialization=True)
+    hf_tok.save_pretrained(path)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    # the class name every transformers release (4.x and 5.x) knows for a tokenizer.json
+    tc_path = path / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tc_path.write_text(json.dumps(tc, indent=2) + "\n")
+
+
+def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_start = time.time()
+    corpus = load_corpus(stdlib)
+    log(f"corpus: {json.dumps(corpus['meta'])}")
+    tok = train_tokenizer(corpus["train"], cfg.vocab_size)
+    hf_tok = hf_tokenizer(tok)
+    train_stream = encode_stream(tok, corpus["train"])
+    held_stream = encode_stream(tok, corpus["heldout"])
+    log(f"tokens: train {len(train_stream):,}  held-out {len(held_stream):,}")
+    windows = heldout_windows(held_stream, cfg)
+
+    report = {"train_config": asdict(cfg), "corpus": corpus["meta"], "hardware": hardware(), "models": {}}
+    report["corpus"]["train_tokens"] = int(len(train_stream))
+    report["corpus"]["heldout_tokens"] = int(len(held_stream))
+    report["corpus"]["heldout_bytes_per_token"] = corpus["meta"]["heldout_bytes"] / max(1, len(held_stream) - len(corpus["heldout"]))
+
+    torch.manual_seed(cfg.seed)
+    target = LlamaForCausalLM(llama_config(TARGET, cfg, tok)).to(device)
+    log(f"target: {count_parameters(target):,} parameters")
+    t_target = train_model(target, train_stream, cfg, cfg.target_steps, cfg.lr, device, log=log)
+
+    torch.manual_seed(cfg.seed + 1)
+    draft = LlamaForCausalLM(llama_config(DRAFT, cfg, tok)).to(device)
+    log(f"draft: {count_parameters(draft):,} parameters")
+    t_draft = train_model(draft, train_stream, cfg, cfg.draft_steps, cfg.draft_lr, device, teacher=target, log=log)
+
+    for name, model, seconds in (("tiny", target, t_target), ("tiny-draft", draft, t_draft)):
+        save_model(model, hf_tok, out / name)
+        report["models"][name] = {"parameters": count_parameters(model), "train_seconds": round(seconds, 1)}
+
+    # evaluate what ships: reload the fp16 files, compute in float32
+    shipped = {
+        name: AutoModelForCausalLM.from_pretrained(out / name, dtype=torch.float32).to(device).eval()
+        for name in ("tiny", "tiny-draft")
+    }
+    for name, model in shipped.items():
+        ppl = perplexity(model, windows, device)
+        bpb = math.log2(ppl) / report["corpus"]["heldout_bytes_per_token"]
+        report["models"][name].update(
+            heldout_perplexity=round(ppl, 3),
+            heldout_bits_per_byte=round(bpb, 4),
+            chance_perplexity=tok.get_vocab_size(),
+            size_bytes=sum(f.stat().st_size for f in (out / name).iterdir()),
+            config={k: getattr(model.config, k) for k in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")},
+        )
+        report["models"][name]["completions"] = greedy_completions(model, hf_tok, device)
+        log(f"{name}: held-out perplexity {ppl:.2f}")
+    report["speculative_greedy_acceptance"] = greedy_acceptance(shipped["tiny"], shipped["tiny-draft"], held_stream, device)
+    log(f"acceptance: {report['speculative_greedy_acceptance']}")
+    report["total_seconds"] = round(time.time() - t_start, 1)
+    report["date"] = time.strftime("%Y-%m-%d")
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(report))
+    return report
+
+
+def model_card(report: dict) -> str:
+    """The model card (data/models/README.md), written from the training report."""
+    c, hw, acc = report["corpus"], report["hardware"], report["speculative_greedy_acceptance"]
+    lines = [
+        "# Embedded default models: `tiny` and `tiny-draft`",
+        "",
+        "Two Llama-architecture causal LMs in Hugging Face format (`config.json`, `model.safetensors`,",
+        "`tokenizer.json`), small enough to ship in the repository and run anywhere offline.",
+        "They write plausible Python; they are teaching instruments, not assistants.",
+        "Load them with `inferlab.load_model(\"tiny\")` or `AutoModelForCausalLM.from_pretrained(\"data/models/tiny\")`.",
+        "",
+        "| | tiny (target) | tiny-draft |",
+        "| --- | --- | --- |",
+    ]
+    t, d = report["models"]["tiny"], report["models"]["tiny-draft"]
+    rows = [
+        ("parameters", f"{t['parameters']:,}", f"{d['parameters']:,}"),
+        ("layers × hidden", f"{t['config']['num_hidden_layers']} × {t['config']['hidden_size']}", f"{d['config']['num_hidden_layers']} × {d['config']['hidden_size']}"),
+        ("query heads / KV heads (GQA)", f"{t['config']['num_attention_heads']} / {t['config']['num_key_value_heads']}", f"{d['config']['num_attention_heads']} / {d['config']['num_key_value_heads']}"),
+        ("head dim / MLP width", f"{t['config']['head_dim']} / {t['config']['intermediate_size']}", f"{d['config']['head_dim']} / {d['config']['intermediate_size']}"),
+        ("context length", str(t["config"]["max_position_embeddings"]), str(d["config"]["max_position_embeddings"])),
+        ("vocabulary (byte-level BPE)", str(t["config"]["vocab_size"]), str(d["config"]["vocab_size"])),
+        ("stored dtype / size", f"float16 / {t['size_bytes'] / 1e6:.1f} MB", f"float16 / {d['size_bytes'] / 1e6:.1f} MB"),
+        ("held-out perplexity (chance = vocab)", f"{t['heldout_perplexity']:.2f}", f"{d['heldout_perplexity']:.2f}"),
+        ("held-out bits per byte", f"{t['heldout_bits_per_byte']:.3f}", f"{d['heldout_bits_per_byte']:.3f}"),
+        ("training time", f"{t['train_seconds']:.0f} s", f"{d['train_seconds']:.0f} s (distilled from tiny)"),
+    ]
+    lines += [f"| {a} | {b} | {e} |" for a, b, e in rows]
+    lines += [
+        "",
+        "## Corpus",
+        "",
+        f"The `.py` files of the Python {c['python']} standard library ({c['files']} files, sha256 `{c['sha256'][:16]}…`),",
+        f"excluding {', '.join(sorted(EXCLUDED_DIRS))} and files over {MAX_FILE_BYTES // 1000} kB.",
+        f"Held out for evaluation (never seen by tokenizer or models): {', '.join(c['heldout_modules'])}",
+        f"({c['heldout_files']} files, {c['heldout_tokens']:,} tokens). Training: {c['train_files']} files, {c['train_tokens']:,} tokens.",
+        "",
+        "## Training",
+        "",
+        f"Hardware: {hw.get('gpu', hw['cpu'])}, torch {hw['torch']}, transformers {hw.get('transformers')}; seed {report['train_config']['seed']};",
+        f"{report['train_config']['target_steps']} steps (target) and {report['train_config']['draft_steps']} steps (draft) of",
+        f"{report['train_config']['batch_size']} × {report['train_config']['seq_len']} tokens, AdamW, warmup + cosine, bf16 autocast.",
+        f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy.",
+        f"Total wall time including tokenizer and evaluation: {report['total_seconds']:.0f} s on {report['date']}.",
+        "Reproduce: `python -m inferlab.tiny train --out data/models`.",
+        "",
+        "## Speculative decoding: how useful is the draft?",
+        "",
+        f"On {acc['samples']} random positions of held-out code ({acc['context_tokens']}-token contexts), the target",
+        f"accepts on average **{acc['mean_accepted']:.2f} of {acc['k']}** greedy draft tokens",
+        f"({acc['mean_tokens_per_target_call']:.2f} tokens per target call with the bonus token).",
+        f"Acceptance by draft position: {', '.join(f'{v:.2f}' for v in acc['accept_rate_by_position'])}.",
+        "",
+        "## Greedy completions (target)",
+        "",
+    ]
+    for item in t["completions"]:
+        lines += ["```python", item["prompt"] + item["completion"], "```", ""]
+    lines += ["## Greedy completions (draft)", ""]
+    for item in d["completions"][:2]:
+        lines += ["```python", item["prompt"] + item["completion"], "```", ""]
+    lines += ["Full numbers: `training.json` beside this file.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inferlab.tiny", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train the tokenizer, target and draft; write them and a model card")
+    p.add_argument("--out", type=Path, default=Path("data/models"))
+    p.add_argument("--stdlib", default=None, help="standard library folder (default: this Python's)")
+    p.add_argument("--target-steps", type=int, default=TrainConfig.target_steps)
+    p.add_argument("--draft-steps", type=int, default=TrainConfig.draft_steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--eval-windows", type=int, default=TrainConfig.eval_windows)
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(
+        target_steps=args.target_steps, draft_steps=args.draft_steps,
+        batch_size=args.batch_size, eval_windows=args.eval_windows,
+    )
+    report = train(args.out, cfg, args.stdlib, log=lambda m: print(m, flush=True))
+    print(json.dumps({k: v for k, v in report["models"].items()}, indent=1, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
