@@ -37,6 +37,8 @@ HELDOUT_MODULES = (
     "json", "textwrap", "heapq", "fractions", "statistics", "difflib",
     "csv", "bisect", "shlex", "queue", "string", "colorsys",
 )
+# Validation modules: used only to pick the best checkpoint (early stopping).
+VALIDATION_MODULES = ("calendar", "pprint", "reprlib", "glob", "fnmatch", "configparser", "dataclasses", "enum")
 EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "pydoc_data", "encodings", "ensurepip"}
 MAX_FILE_BYTES = 300_000
 PROMPTS = (
@@ -58,7 +60,7 @@ class ModelShape:
 
 
 TARGET = ModelShape(256, 704, 8, 8, 2)
-DRAFT = ModelShape(96, 256, 2, 3, 1)
+DRAFT = ModelShape(128, 256, 2, 4, 1)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class TrainConfig:
     batch_size: int = 64
     target_steps: int = 3000
     draft_steps: int = 2500
+    eval_every: int = 250
     lr: float = 3e-3
     draft_lr: float = 4e-3
     warmup: int = 100
@@ -96,16 +99,23 @@ def stdlib_files(root: str | None = None) -> list[Path]:
     return files
 
 
-def is_heldout(rel: Path) -> bool:
-    top = rel.parts[0]
-    return top.removesuffix(".py") in HELDOUT_MODULES
+def _top_module(rel: Path) -> str:
+    return rel.parts[0].removesuffix(".py")
+
+
+def stdlib_version(root: Path) -> str:
+    """'3.11' from a folder named python3.11, else this interpreter's version."""
+    name = root.name
+    if name.startswith("python3."):
+        return name.removeprefix("python")
+    return platform.python_version()
 
 
 def load_corpus(root: str | None = None) -> dict:
     """{'train': [...texts], 'heldout': [...texts], 'meta': {...}} with a sha256 of the whole."""
     root_path = Path(root or sysconfig.get_paths()["stdlib"])
     digest = hashlib.sha256()
-    train, heldout, heldout_names = [], [], []
+    train, heldout, validation, heldout_names = [], [], [], []
     for path in stdlib_files(str(root_path)):
         try:
             text = path.read_text(encoding="utf-8")
@@ -113,15 +123,20 @@ def load_corpus(root: str | None = None) -> dict:
             continue
         rel = path.relative_to(root_path)
         digest.update(str(rel).encode() + b"\0" + text.encode() + b"\0")
-        if is_heldout(rel):
+        top = _top_module(rel)
+        if top in HELDOUT_MODULES:
             heldout.append(text)
             heldout_names.append(str(rel))
+        elif top in VALIDATION_MODULES:
+            validation.append(text)
         else:
             train.append(text)
     meta = {
-        "python": platform.python_version(),
+        "python": stdlib_version(root_path),
         "stdlib": str(root_path),
-        "files": len(train) + len(heldout),
+        "files": len(train) + len(heldout) + len(validation),
+        "validation_files": len(validation),
+        "validation_modules": list(VALIDATION_MODULES),
         "train_files": len(train),
         "heldout_files": len(heldout),
         "heldout_modules": list(HELDOUT_MODULES),
@@ -129,7 +144,7 @@ def load_corpus(root: str | None = None) -> dict:
         "heldout_bytes": sum(len(t.encode()) for t in heldout),
         "sha256": digest.hexdigest(),
     }
-    return {"train": train, "heldout": heldout, "heldout_names": heldout_names, "meta": meta}
+    return {"train": train, "heldout": heldout, "validation": validation, "heldout_names": heldout_names, "meta": meta}
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -228,8 +243,14 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, teacher=None, log=print):
-    """AdamW with warmup + cosine; with ``teacher``, the loss mixes cross-entropy and KL(teacher || model)."""
+def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, teacher=None, val_windows=None, log=print):
+    """AdamW with warmup + cosine; with ``teacher``, the loss mixes cross-entropy and KL(teacher || model).
+
+    Every ``cfg.eval_every`` steps the validation perplexity is measured and the best
+    weights are kept (early stopping: the corpus is small enough to overfit).
+    """
+    import copy
+
     import torch
     import torch.nn.functional as F
 
@@ -243,6 +264,7 @@ def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, 
     use_amp = device == "cuda"
     batches = _batches(stream, cfg, gen, device)
     model.train()
+    best = (float("inf"), None, -1)
     t0 = time.time()
     for step in range(steps):
         for group in opt.param_groups:
@@ -264,10 +286,21 @@ def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 250 == 0 or step == steps - 1:
-            log(f"step {step:5d}/{steps}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s")
+        if step % cfg.eval_every == 0 or step == steps - 1:
+            msg = f"step {step:5d}/{steps}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s"
+            if val_windows is not None and step > 0:
+                model.eval()
+                val = perplexity(model, val_windows, device)
+                model.train()
+                if val < best[0]:
+                    best = (val, copy.deepcopy(model.state_dict()), step)
+                msg += f"  val ppl {val:.2f}"
+            log(msg)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+        log(f"kept step {best[2]} (val ppl {best[0]:.2f})")
     model.eval()
-    return time.time() - t0
+    return time.time() - t0, best[2]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -390,6 +423,7 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> 
     held_stream = encode_stream(tok, corpus["heldout"])
     log(f"tokens: train {len(train_stream):,}  held-out {len(held_stream):,}")
     windows = heldout_windows(held_stream, cfg)
+    val_windows = heldout_windows(encode_stream(tok, corpus["validation"]), cfg)[:64]
 
     report = {"train_config": asdict(cfg), "corpus": corpus["meta"], "hardware": hardware(), "models": {}}
     report["corpus"]["train_tokens"] = int(len(train_stream))
@@ -399,16 +433,18 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> 
     torch.manual_seed(cfg.seed)
     target = LlamaForCausalLM(llama_config(TARGET, cfg, tok)).to(device)
     log(f"target: {count_parameters(target):,} parameters")
-    t_target = train_model(target, train_stream, cfg, cfg.target_steps, cfg.lr, device, log=log)
+    t_target = train_model(target, train_stream, cfg, cfg.target_steps, cfg.lr, device, val_windows=val_windows, log=log)
 
     torch.manual_seed(cfg.seed + 1)
     draft = LlamaForCausalLM(llama_config(DRAFT, cfg, tok)).to(device)
     log(f"draft: {count_parameters(draft):,} parameters")
-    t_draft = train_model(draft, train_stream, cfg, cfg.draft_steps, cfg.draft_lr, device, teacher=target, log=log)
+    t_draft = train_model(draft, train_stream, cfg, cfg.draft_steps, cfg.draft_lr, device, teacher=target, val_windows=val_windows, log=log)
 
-    for name, model, seconds in (("tiny", target, t_target), ("tiny-draft", draft, t_draft)):
+    for name, model, (seconds, best_step) in (("tiny", target, t_target), ("tiny-draft", draft, t_draft)):
         save_model(model, hf_tok, out / name)
-        report["models"][name] = {"parameters": count_parameters(model), "train_seconds": round(seconds, 1)}
+        report["models"][name] = {
+            "parameters": count_parameters(model), "train_seconds": round(seconds, 1), "kept_step": best_step,
+        }
 
     # evaluate what ships: reload the fp16 files, compute in float32
     shipped = {
@@ -473,13 +509,15 @@ def model_card(report: dict) -> str:
         f"The `.py` files of the Python {c['python']} standard library ({c['files']} files, sha256 `{c['sha256'][:16]}…`),",
         f"excluding {', '.join(sorted(EXCLUDED_DIRS))} and files over {MAX_FILE_BYTES // 1000} kB.",
         f"Held out for evaluation (never seen by tokenizer or models): {', '.join(c['heldout_modules'])}",
+        f"Validation (used only to keep the best checkpoint): {', '.join(c['validation_modules'])}.",
         f"({c['heldout_files']} files, {c['heldout_tokens']:,} tokens). Training: {c['train_files']} files, {c['train_tokens']:,} tokens.",
         "",
         "## Training",
         "",
         f"Hardware: {hw.get('gpu', hw['cpu'])}, torch {hw['torch']}, transformers {hw.get('transformers')}; seed {report['train_config']['seed']};",
         f"{report['train_config']['target_steps']} steps (target) and {report['train_config']['draft_steps']} steps (draft) of",
-        f"{report['train_config']['batch_size']} × {report['train_config']['seq_len']} tokens, AdamW, warmup + cosine, bf16 autocast.",
+        f"{report['train_config']['batch_size']} × {report['train_config']['seq_len']} tokens, AdamW, warmup + cosine, bf16 autocast;",
+        f"kept the checkpoint with the best validation perplexity (target: step {report['models']['tiny']['kept_step']}, draft: step {report['models']['tiny-draft']['kept_step']}).",
         f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy.",
         f"Total wall time including tokenizer and evaluation: {report['total_seconds']:.0f} s on {report['date']}.",
         "Reproduce: `python -m inferlab.tiny train --out data/models`.",
