@@ -1,0 +1,33 @@
+"""Plot settings shared by every notebook.
+
+Plotly figures are stored as JSON (``plotly_mimetype``) plus a small loader that fetches
+plotly.js when a page is opened (``notebook_connected``), never with the whole library
+embedded, so notebooks stay small on GitHub and nbviewer. On Colab the Colab renderer is used.
+"""
+
+from __future__ import annotations
+
+import sys
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
+
+
+def setup_plotly() -> str:
+    """Pick the plotly renderer for where the notebook runs; returns its name."""
+    import plotly.io as pio
+
+    renderer = "colab" if "google.colab" in sys.modules else "plotly_mimetype+notebook_connected"
+    pio.renderers.default = renderer
+    pio.templates.default = "plotly_white"
+    return renderer
+
+
+def widgets_available() -> bool:
+    """True when ipywidgets can draw (a kernel with a widget manager is attached)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
