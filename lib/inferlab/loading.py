@@ -109,9 +109,11 @@ def load_model(
     "Qwen/Qwen2.5-0.5B". ``device``/``dtype`` default to :func:`pick_device` and
     :func:`pick_dtype`.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep notebooks' stored outputs free of progress bars
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     path = resolve_model_path(name_or_path)

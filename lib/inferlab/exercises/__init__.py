@@ -21,6 +21,9 @@ class Check:
     def __repr__(self) -> str:
         return ("✅ right: " if self.ok else "❌ not yet: ") + self.message
 
+    def _ipython_display_(self) -> None:
+        """The verdict was printed when the check ran; don't show it a second time."""
+
 
 def verdict(ok: bool, right: str, wrong: str, quiet: bool = False) -> Check:
     """Build and print the verdict of a check (``right`` or ``wrong`` message)."""

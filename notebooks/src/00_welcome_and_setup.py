@@ -1,0 +1,182 @@
+# %% [markdown]
+# # 00 · Welcome: the inferlab series and your setup
+#
+# **What you will do here**
+#
+# - see the map of the series: which technique comes when, and why in that order;
+# - check what your machine has (CPU or GPU, memory, library versions);
+# - load the embedded `tiny` model, make it write Python, and time it;
+# - learn how to swap in a real model with one parameter, and how to open the series on Colab and Binder.
+
+# %% tags=["parameters"]
+import os
+
+MODEL = os.environ.get("INFERLAB_MODEL", "tiny")  # or "Qwen/Qwen2.5-0.5B", "HuggingFaceTB/SmolLM2-360M", a local folder
+DEVICE = os.environ.get("INFERLAB_DEVICE") or None  # None: cuda, then mps, then cpu
+MAX_NEW_TOKENS = 48
+
+# %% [markdown]
+# ## The series
+#
+# Every notebook runs one technique live, on whatever hardware you have, and measures it.
+# The order follows the life of a request through an inference server: first what costs
+# memory and time, then how a server packs many requests into that memory, then how it
+# speaks to clients, then tricks that make each token cheaper.
+#
+# | # | notebook | the question it answers |
+# | --- | --- | --- |
+# | 00 | welcome and setup | what do I have, and does it run? |
+# | 01 | bottlenecks and the KV cache | where do memory and time go when a model generates? |
+# | 02 | paged attention | how does vLLM stop wasting KV-cache memory? |
+# | 03 | continuous batching | how does a server keep the GPU busy with many requests? |
+# | 04 | serving (OpenAI/TGI-compatible, streaming) | how do clients talk to the engine? |
+# | 05 | speculative decoding | can a small model make a big one faster without changing its output? |
+# | 06 | quantization | what do 8 and 4 bits cost in quality, and save in memory? |
+# | 07 | FlashAttention | why is attention memory-bound, and how does tiling fix it? |
+# | 08 | tensor parallelism | how is one model split over several GPUs? |
+# | 09 | honest benchmarking | how to measure throughput, TTFT and TPOT without fooling yourself |
+#
+# Notebooks that are not in `notebooks/` yet are coming; each stands on the ones before it.
+
+# %% [markdown]
+# ## 1. Your environment
+#
+# `il.env_report()` prints what PyTorch sees. On a laptop that is the CPU; on Colab a T4
+# (16 GB, no bfloat16); on the lent H200 used for the recorded benchmarks, 141 GB of HBM3e.
+
+# %%
+import inferlab as il
+
+env = il.env_report()
+
+# %% [markdown]
+# ## 2. The embedded default model
+#
+# The series ships two small Llama-architecture models in `data/models/`, trained on the
+# source code of the Python standard library (its model card, `data/models/README.md`, says
+# how, and how well). They make every notebook run offline in seconds, and they are
+# architecturally the real thing: the same attention, RoPE, RMSNorm and SwiGLU blocks as
+# Llama 3, only smaller. `tiny` uses grouped-query attention (8 query heads share 2 KV heads),
+# which will matter a great deal in notebook 01.
+
+# %%
+model, tok = il.load_model(MODEL, device=DEVICE)
+n_params = sum(p.numel() for p in model.parameters())
+cfg = model.config
+print(f"{MODEL}: {n_params / 1e6:.1f} M parameters on {model.device} in {model.dtype}")
+print(f"layers={cfg.num_hidden_layers} hidden={cfg.hidden_size} heads={cfg.num_attention_heads} "
+      f"kv_heads={cfg.num_key_value_heads} vocab={cfg.vocab_size} context={cfg.max_position_embeddings}")
+
+# %% [markdown]
+# A byte-level BPE tokenizer turns text into integers and back **exactly**: every byte is in
+# its alphabet, so spaces, tabs, newlines and any Unicode survive the round trip. Code is full
+# of indentation; a tokenizer that lost it would break every program.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tiny_tok = il.load_model("tiny", device="cpu")[1] if MODEL != "tiny" else tok
+sample = "def area(r):\n    return 3.14159 * r ** 2\t# π r²\n"
+ids = tiny_tok.encode(sample)
+print(len(sample), "characters ->", len(ids), "tokens")
+print([tiny_tok.decode([i]) for i in ids][:12])
+print("round trip exact:", tiny_tok.decode(ids) == sample)
+
+# %% [markdown]
+# ## 3. Make it write Python
+#
+# Greedy decoding picks the most likely next token every step, so the output is the same on
+# every run and every machine (up to floating-point ties).
+
+# %%
+import torch
+
+prompt = "def fibonacci(n):"
+inputs = tok(prompt, return_tensors="pt").to(model.device)
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+print(tok.decode(out[0]))
+
+# %% [markdown]
+# ## 4. A first measurement
+#
+# How fast does it generate here? We time `generate` after one warm-up call (the first call
+# pays for memory allocation and kernel selection). This number is the starting line: the
+# rest of the series is about moving it, and about measuring it honestly (notebook 09).
+
+# %%
+import time
+
+with torch.no_grad():
+    model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)  # warm-up
+    t0 = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS,
+                         do_sample=False, pad_token_id=tok.pad_token_id)
+    seconds = time.perf_counter() - t0
+new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+print(f"{new_tokens} tokens in {seconds * 1e3:.0f} ms = {new_tokens / seconds:.0f} tokens/s on {model.device}")
+
+# %% [markdown]
+# ## 5. Use a real model
+#
+# Everything in the series takes a model name. Set it once, in the parameters cell at the
+# top (`MODEL = "Qwen/Qwen2.5-0.5B"`), or from outside without editing the notebook:
+#
+# ```bash
+# INFERLAB_MODEL=Qwen/Qwen2.5-0.5B INFERLAB_DEVICE=cuda jupyter lab
+# papermill 01_bottlenecks_and_kv_cache.ipynb out.ipynb -p MODEL HuggingFaceTB/SmolLM2-360M
+# ```
+#
+# A hub model downloads once (it needs the network) and then loads from the cache. On a Colab
+# T4, `HuggingFaceTB/SmolLM2-360M` and `Qwen/Qwen2.5-0.5B` fit comfortably in float16.
+# `load_model` only reads safetensors weights and never runs code from the hub unless you pass
+# `trust_remote_code=True` yourself. Offline, an unknown name fails with a message that says so:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from inferlab.loading import ModelNotFound
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+try:
+    il.load_model("no-such-org/no-such-model")
+except ModelNotFound as err:
+    print(str(err).split(":")[0] + ": ...")
+    print("embedded models:", ", ".join(il.EMBEDDED_MODELS))
+
+# %% [markdown]
+# ## 6. Where to run the series
+#
+# - **Your machine**: `make lab` (creates `.venv`, installs, opens JupyterLab here); `make test`
+#   runs the unit tests and re-executes every notebook.
+# - **Google Colab**: the badge at the top of each notebook opens it there; its second cell
+#   installs inferlab beside Colab's own torch, numpy and ipywidgets. Choose a T4 runtime for a GPU.
+# - **Binder**: the Binder badge starts JupyterLab on a 2 GB CPU machine; every notebook runs
+#   there on the embedded models.
+
+# %% [markdown]
+# ## Exercises
+#
+# **1.** How many tokens is four spaces of indentation followed by `return x`? Count them with
+# the tokenizer, then check.
+
+# %%
+from inferlab.exercises.welcome import check_dtype_choice, check_token_count
+
+answer = len(tiny_tok.encode("    return x"))  # replace with your own count to test yourself
+check_token_count("    return x", answer, tiny_tok)
+
+# %% [markdown]
+# **2.** Which dtype does `load_model` pick on a Colab T4 (CUDA, no bfloat16)? Write it as a string.
+
+# %%
+check_dtype_choice("cuda", has_bf16=False, answer="float16")
+
+# %% [markdown]
+# ## Summary
+#
+# - inferlab runs every technique live; the embedded `tiny` models make that possible offline
+#   and on a CPU, and any Hugging Face causal LM is one parameter away.
+# - Tokenization is exact and byte-level; generation is a loop of forward passes, one token each.
+# - You measured your first tokens per second. Notebook 01 asks why it is what it is.
+#
+# **References**: Sennrich et al. (2016), *Neural Machine Translation of Rare Words with
+# Subword Units* (BPE); Touvron et al. (2023), *Llama 2*; Ainslie et al. (2023), *GQA*.
