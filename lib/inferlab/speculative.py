@@ -38,8 +38,8 @@ theory (:func:`expected_tokens_per_step`, :func:`expected_speedup`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -238,7 +238,7 @@ class SpeculativeOutput:
     @property
     def acceptance_per_position(self) -> list[float]:
         """P(draft token i accepted | tokens 0..i−1 accepted), for i = 0..k−1 (nan if never tried)."""
-        return [a / t if t else float("nan") for a, t in zip(self.accepted_per_position, self.attempted_per_position)]
+        return [a / t if t else float("nan") for a, t in zip(self.accepted_per_position, self.attempted_per_position, strict=True)]
 
     @property
     def alpha(self) -> float:
@@ -485,7 +485,7 @@ class _Run:
     def loop(self, max_new_tokens: int, eos_token_id: int | None) -> None:
         done = [False] * len(self.new)
         while not all(done):
-            remaining = max(max_new_tokens - len(t) for t, f in zip(self.new, done) if not f)
+            remaining = max(max_new_tokens - len(t) for t, f in zip(self.new, done, strict=True) if not f)
             k = min(self.k_now, remaining - 1)
             n, k = self.step(k)
             for row, tokens in enumerate(self.new):
@@ -545,7 +545,7 @@ class _Run:
         draft_calls, draft_seconds = self.d._draft_stats()
         width = max(self.d.max_k if self.d.adaptive_k else self.d.k, 1)
         return SpeculativeOutput(
-            sequences=[p + t for p, t in zip(prompts, self.new)],
+            sequences=[p + t for p, t in zip(prompts, self.new, strict=True)],
             new_tokens=self.new,
             provenance=self.prov,
             num_speculative_tokens=self.d.k,
@@ -664,7 +664,7 @@ class PromptLookupDecoder(_DecoderBase):
     def _propose(self, last, k, temperature, top_p, generator):
         found = [lookup_continuation(ctx, k, self.max_ngram, self.min_ngram) for ctx in self._context]
         width = max(len(f) for f in found)
-        rows = [f + [(f or ctx)[-1]] * (width - len(f)) for f, ctx in zip(found, self._context)]
+        rows = [f + [(f or ctx)[-1]] * (width - len(f)) for f, ctx in zip(found, self._context, strict=True)]
         return torch.tensor(rows, dtype=torch.long, device=last.device).reshape(len(rows), width), None
 
     def _accepted(self, num_accepted, k, drafts, next_token) -> None:
