@@ -1,0 +1,28 @@
+"""Continuous batching with a paged KV cache: a small vLLM, in our own code.
+
+The split follows nano-vllm, the names follow vLLM:
+
+- :mod:`~inferlab.engine.sequence`        a request's tokens, progress and timings
+- :mod:`~inferlab.engine.block_manager`   the paged KV pool (on :class:`inferlab.paging.BlockAllocator`)
+- :mod:`~inferlab.engine.scheduler`       iteration-level scheduling (Orca), chunked prefill
+  (Sarathi), preemption by recompute, and a static-batching policy for comparison
+- :mod:`~inferlab.engine.model_runner`    a Llama/Mistral/Qwen2 decoder over flattened tokens
+- :mod:`~inferlab.engine.sampler`         greedy, temperature, top-k, top-p, per-request seeds
+- :mod:`~inferlab.engine.llm_engine`      ``LLMEngine.step()``: schedule, run, sample, finish
+- :mod:`~inferlab.engine.llm`             ``LLM.generate`` / ``LLM.stream``
+- :mod:`~inferlab.engine.batchers`        the seed's ``ContinuousBatcher`` interface done right,
+  ``StaticBatcher``, and ``SeedStyleBatcher`` (the seed's behaviour, wrong on purpose)
+"""
+
+from inferlab.engine.batchers import ContinuousBatcher, SeedStyleBatcher, StaticBatcher
+from inferlab.engine.llm import LLM, build_engine
+from inferlab.engine.llm_engine import LLMEngine, RequestTooLarge, StepRecord
+from inferlab.engine.model_runner import ModelConfig, ModelRunner
+from inferlab.engine.outputs import CompletionOutput, RequestOutput
+from inferlab.engine.sampling_params import SamplingParams
+
+__all__ = [
+    "LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "LLMEngine", "RequestTooLarge",
+    "StepRecord", "ModelConfig", "ModelRunner", "ContinuousBatcher", "StaticBatcher",
+    "SeedStyleBatcher", "build_engine",
+]

@@ -1,0 +1,187 @@
+"""``LLM``: the vLLM-shaped offline API over our engine.
+
+    from inferlab import LLM, SamplingParams
+    llm = LLM(model="tiny")
+    outs = llm.generate(["def add(a, b):"], SamplingParams(temperature=0.0, max_tokens=32))
+    outs[0].outputs[0].text
+
+Unlike the seed lesson's ``VLLMInference`` (which wrapped vLLM and whose streaming method
+read a ``model_name`` it never stored), everything here runs in-process on our own engine,
+and ``stream`` really streams.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from inferlab.engine.llm_engine import LLMEngine, RequestTooLarge
+from inferlab.engine.model_runner import ModelRunner
+from inferlab.engine.outputs import CompletionOutput, RequestOutput
+from inferlab.engine.sampling_params import SamplingParams
+from inferlab.engine.sequence import RequestMetrics
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """A local folder for an embedded name, a folder, or a hub id (downloaded or from the cache)."""
+    from inferlab.loading import _offline, resolve_model_path
+
+    path = Path(resolve_model_path(model))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=_offline()))
+
+
+def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None = None, dtype: Any = None,
+                 block_size: int = 16, num_kv_blocks: int | None = None, **engine_kwargs: Any) -> LLMEngine:
+    """An :class:`LLMEngine` for a name/path/hub id, or for an already loaded transformers model."""
+    from inferlab.loading import pick_device, pick_dtype
+
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size!r}")
+    if num_kv_blocks is not None and num_kv_blocks <= 0:
+        raise ValueError(f"num_kv_blocks must be positive, got {num_kv_blocks!r}")
+    if isinstance(model, (str, Path)):
+        path = resolve_checkpoint(str(model))
+        device = pick_device(device)
+        runner = ModelRunner.from_pretrained(path, device, pick_dtype(device, dtype), block_size, num_kv_blocks)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    else:
+        if tokenizer is None:
+            raise ValueError("tokenizer is required when model is a loaded model object")
+        dtype = pick_dtype(device or "cpu", dtype) if dtype is not None else None
+        runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks)
+    return LLMEngine(runner, tokenizer, **engine_kwargs)
+
+
+class LLM:
+    """Offline batched generation with continuous batching and a paged KV cache.
+
+    ``num_kv_blocks``: size of the KV pool in blocks of ``block_size`` tokens (default:
+    90 % of free GPU memory, or up to 256 MiB elsewhere). ``max_num_seqs`` and
+    ``max_num_batched_tokens`` bound each step; ``enable_chunked_prefill`` lets long
+    prompts be split across steps; ``enable_prefix_caching`` reuses the KV of shared
+    prompt prefixes.
+    """
+
+    def __init__(
+        self,
+        model: Any = "tiny",
+        tokenizer: Any = None,
+        device: str | None = None,
+        dtype: Any = None,
+        block_size: int = 16,
+        num_kv_blocks: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 512,
+        enable_prefix_caching: bool = False,
+        enable_chunked_prefill: bool = True,
+        policy: str = "continuous",
+    ):
+        if max_num_seqs <= 0:
+            raise ValueError(f"max_num_seqs must be positive, got {max_num_seqs!r}")
+        if max_num_batched_tokens <= 0:
+            raise ValueError(f"max_num_batched_tokens must be positive, got {max_num_batched_tokens!r}")
+        self.engine = build_engine(
+            model, tokenizer, device, dtype, block_size, num_kv_blocks,
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
+            policy=policy,
+        )
+        self.tokenizer = self.engine.tokenizer
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # ---------------------------------------------------------------- generate
+    def generate(self, prompts: str | Sequence[str] | Sequence[list[int]], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in the prompts' order.
+
+        Invalid input (empty prompt, bad parameter, prompt longer than the context) raises
+        ValueError before anything runs. A request that could never fit the KV pool is
+        returned with ``finish_reason="rejected"`` and ``error`` set, and the others run.
+        """
+        prompts = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
+        params = _per_prompt(sampling_params, len(prompts))
+        ids, rejected = self._add_all(prompts, params)
+        done: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                done[out.request_id] = out
+        return [rejected[i] if i in rejected else done[rid] for i, rid in enumerate(ids)]
+
+    def _add_all(self, prompts, params) -> tuple[list[str | None], dict[int, RequestOutput]]:
+        ids: list[str | None] = []
+        rejected: dict[int, RequestOutput] = {}
+        try:
+            for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+                try:
+                    ids.append(self.engine.add_request(None, prompt, p))
+                except RequestTooLarge as err:
+                    warnings.warn(f"request {i} rejected: {err}", stacklevel=3)
+                    ids.append(None)
+                    rejected[i] = _rejected_output(str(i), prompt, str(err))
+        except ValueError:
+            for rid in ids:
+                if rid is not None:
+                    self.engine.abort_request(rid)
+            raise
+        return ids, rejected
+
+    # ---------------------------------------------------------------- stream
+    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the text of one request as it is generated, in deltas.
+
+        Deltas are cut from the incrementally decoded text, holding back a trailing
+        incomplete UTF-8 character (shown as U+FFFD until its last byte arrives) and, when
+        stop strings are set, the last characters that could still begin one.
+        """
+        params = sampling_params or SamplingParams()
+        rid = self.engine.add_request(None, prompt, params)
+        seq = self.engine.sequences[rid]
+        hold = max((len(s) for s in params.stop), default=1) - 1
+        sent = ""
+        while not seq.is_finished:
+            self.engine.step()
+            if seq.is_finished:
+                break
+            text = self.engine.decode(seq.output_token_ids)
+            stable = text[: len(text) - hold] if hold else text
+            if stable.endswith("\ufffd"):
+                continue
+            if len(stable) > len(sent) and stable.startswith(sent):
+                yield stable[len(sent):]
+                sent = stable
+        final = seq.output_text
+        if len(final) > len(sent) and final.startswith(sent):
+            yield final[len(sent):]
+
+
+def _is_token_list(prompts: Any) -> bool:
+    return isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int)
+
+
+def _per_prompt(params, n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams() for _ in range(n)]
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ValueError(f"sampling_params: got {len(params)} for {n} prompts")
+    return params
+
+
+def _rejected_output(request_id: str, prompt: Any, error: str) -> RequestOutput:
+    text = prompt if isinstance(prompt, str) else None
+    ids = [] if isinstance(prompt, str) else list(prompt)
+    completion = CompletionOutput(index=0, text="", token_ids=[], finish_reason="rejected")
+    return RequestOutput(request_id, text, ids, [completion], finished=True, metrics=RequestMetrics(0.0), error=error)
