@@ -171,3 +171,20 @@ def test_allocator_fork_cow_end_to_end():
     for i, s in enumerate(seqs):
         k, v = torch.stack(kv[s][0]), torch.stack(kv[s][1])
         torch.testing.assert_close(out[i], _sdpa(q[i : i + 1], k, v, len(k) - 1, d ** -0.5)[0])
+
+
+def test_tiny_model_with_paged_attention_gives_the_same_logits_and_tokens():
+    il = pytest.importorskip("inferlab")
+    from inferlab.paged_attention import hf_paged_attention
+
+    model, tok = il.load_model("tiny")
+    ids = tok("def add(a, b):\n    return", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = model(ids).logits
+        greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
+        with hf_paged_attention(model, block_size=4):
+            ours = model(ids).logits
+            paged_greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(paged_greedy, greedy)
+    assert model.config._attn_implementation != "inferlab_paged"  # restored

@@ -182,3 +182,15 @@ def test_hits_on_evictable_blocks_count_against_the_pool():
     assert a.num_cached_tokens("b") == 4 and a.num_free_blocks == 0
     a.free("b")
     assert a.num_free_blocks == 3
+
+
+def test_exercise_checkers():
+    from inferlab.exercises.paging import check_cow_count, check_max_waste, check_slot
+
+    assert check_slot(lambda t, p, bs: t[p // bs] * bs + p % bs)
+    assert not check_slot(lambda t, p, bs: p)
+    assert not check_slot(lambda t, p, bs: 1 / 0)
+    assert check_max_waste(32 * 15) and not check_max_waste(32 * 16)
+    assert check_cow_count(3, prompt_len=20, block_size=16, n=4)
+    assert check_cow_count(0, prompt_len=32, block_size=16, n=4)
+    assert not check_cow_count(4)

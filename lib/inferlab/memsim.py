@@ -375,7 +375,8 @@ def simulate(trace: list[Request], allocator: str | ContiguousAllocator | PagedA
             conc_sum += len(running)
         if frame_every and steps % frame_every == 0 and len(frames) < max_frames:
             rid, kind = alloc.slot_map(running)
-            frames.append({"step": steps, "rid": rid, "kind": kind, "waiting": len(waiting)})
+            ext = bool(waiting) and alloc.fits_if_contiguous(waiting[0].req)  # free slots it cannot use
+            frames.append({"step": steps, "rid": rid, "kind": kind, "waiting": len(waiting), "external": ext})
         i = 0
         while i < len(running):  # decode: one token each, in admission order
             live = running[i]

@@ -29,6 +29,7 @@ __all__ = [
     "PagedKVCache",
     "block_tables_tensor",
     "gather_kv",
+    "hf_paged_attention",
     "paged_attention",
     "paged_attention_prefill",
     "slot_mapping_tensor",
@@ -172,3 +173,58 @@ def paged_attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     k = gather_kv(k_cache, block_tables, max_len)
     v = gather_kv(v_cache, block_tables, max_len)
     return _attend(padded, k, v, allowed, scale)[seq_of, j]
+
+
+# ------------------------------------------------------------------ inside a Hugging Face model
+def _hf_paged_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                        block_size: int = 4, **kwargs):
+    """A transformers attention function that routes every layer through a paged cache.
+
+    transformers hands it the layer's queries ``[B, Hq, Tq, D]`` and full keys/values
+    ``[B, Hkv, Tk, D]`` (its own cache already appended). We scatter the keys/values into
+    a fresh block pool under a random block layout, then attend with
+    :func:`paged_attention_prefill`, so the model's logits show whether the paging is exact.
+    Unpadded batches only (the attention mask is not consulted: causality comes from positions).
+    """
+    b, hq, tq, d = query.shape
+    hkv, tk = key.shape[1], key.shape[2]
+    per_seq = -(-tk // block_size)
+    pool = per_seq * b + 3
+    cache = PagedKVCache(1, pool, block_size, hkv, d, dtype=key.dtype, device=key.device)
+    gen = torch.Generator().manual_seed(getattr(module, "layer_idx", 0) or 0)
+    perm = torch.randperm(pool, generator=gen).tolist()
+    tables = [perm[i * per_seq : (i + 1) * per_seq] for i in range(b)]
+    for i, table in enumerate(tables):
+        cache.write(0, key[i].transpose(0, 1), value[i].transpose(0, 1),
+                    slot_mapping_tensor(table, 0, tk, block_size, key.device))
+    q = query.transpose(1, 2).reshape(b * tq, hq, d)
+    lens = torch.full((b,), tk, device=query.device)
+    out = paged_attention_prefill(q, cache.k_caches[0], cache.v_caches[0], block_tables_tensor(tables, key.device),
+                                  lens, torch.full((b,), tq, device=query.device), scaling)
+    return out.view(b, tq, hq, d), None
+
+
+class hf_paged_attention:
+    """Context manager: run a transformers model with our paged attention in every layer.
+
+    >>> with hf_paged_attention(model, block_size=4):   # doctest: +SKIP
+    ...     logits = model(input_ids).logits
+    """
+
+    NAME = "inferlab_paged"
+
+    def __init__(self, model, block_size: int = 4):
+        from functools import partial
+
+        from transformers import AttentionInterface
+
+        self.model, self.previous = model, model.config._attn_implementation
+        AttentionInterface.register(self.NAME, partial(_hf_paged_attention, block_size=block_size))
+
+    def __enter__(self):
+        self.model.set_attn_implementation(self.NAME)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.set_attn_implementation(self.previous)
+        return False
