@@ -1,0 +1,143 @@
+"""``python -m inferlab.bench roofline``: prefill vs decode against the device's roofline.
+
+Measures, in one process: the device's copy bandwidth and matmul throughput (the two
+roofs), prefill time at a few prompt lengths, decode time per step with a KV cache at a
+few batch sizes (ours: a plain cached step loop), and transformers ``generate`` at batch 1
+(the peer). Each measured decode step is paired with its memory-bandwidth bound,
+(weights + KV bytes) / measured bandwidth.
+
+On a CUDA GPU the model is Llama-3.2-1B-shaped with random bf16 weights built from
+data/configs/llama-3.2-1b.json (no download: timing does not depend on the values);
+on CPU it is the embedded ``tiny`` model in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from inferlab import roofline as rl
+
+
+def build_model(name: Any, device: str, dtype: str):
+    """An embedded model by name, or a Llama with random weights from a config (name or dict),
+    created directly on ``device`` in ``dtype`` (no fp32 copy, no download)."""
+    import torch
+
+    from inferlab.loading import EMBEDDED_MODELS, load_model
+
+    if isinstance(name, str) and name in EMBEDDED_MODELS:
+        model, _ = load_model(name, device=device, dtype=dtype)
+        return model, model.config.to_dict()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from inferlab.kvcache import as_dict
+
+    raw = as_dict(name)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
+    config = LlamaConfig(**{k: raw[k] for k in keys if k in raw})
+    torch.manual_seed(0)
+    torch_dtype = getattr(torch, dtype)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval(), raw
+
+
+def defaults(device: str) -> dict[str, Any]:
+    """Sizes per device: small on CPU (finishes in seconds), the reference 1B shape on CUDA."""
+    if device.startswith("cuda"):
+        return {"model": "llama-3.2-1b", "dtype": "bfloat16", "batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256],
+                "context": 1024, "steps": 24, "prompt_lens": [128, 512, 2048, 8192], "copy_bytes": 1 << 31,
+                "matmul_n": 8192, "generate_tokens": 128}
+    return {"model": "tiny", "dtype": "float32", "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
+            "context": 256, "steps": 10, "prompt_lens": [16, 64, 256, 1024], "copy_bytes": 1 << 27,
+            "matmul_n": 1024, "generate_tokens": 32}
+
+
+def run(device: str | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Run the whole benchmark and return the payload (what :func:`main` saves as JSON)."""
+    from inferlab.kvcache import format_bytes
+    from inferlab.loading import pick_device
+
+    device = pick_device(device)
+    opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
+    say = print if progress else (lambda *a, **k: None)
+    model, cfg = build_model(opts["model"], device, opts["dtype"])
+    wdtype = opts["dtype"]
+
+    copy = rl.measure_copy_bandwidth(device, opts["copy_bytes"])
+    mm = rl.measure_matmul_flops(device, n=opts["matmul_n"])
+    bw, peak = copy["bytes_per_s"], mm["flops_per_s"]
+    say(f"copy bandwidth {bw / 1e9:,.1f} GB/s; matmul {peak / 1e12:,.2f} TFLOP/s ({mm['dtype']})")
+
+    prefill = []
+    for length in opts["prompt_lens"]:
+        seconds = rl.measure_prefill(model, length)
+        cost = rl.prefill_cost(cfg, length, weight_dtype=wdtype, kv_dtype=wdtype)
+        prefill.append({"prompt_len": length, "batch_size": 1, "seconds": seconds,
+                        "tokens_per_s": length / seconds, **cost, "achieved_flops_per_s": cost["flops"] / seconds,
+                        "bound_seconds": rl.step_time_bound(cost, peak, bw)})
+        say(f"prefill {length:>5} tokens: {seconds * 1e3:8.2f} ms  intensity {cost['intensity']:8.1f} FLOP/B")
+
+    decode = []
+    for batch in opts["batch_sizes"]:
+        m = rl.measure_decode(model, batch, opts["context"], steps=opts["steps"])
+        cost = rl.decode_cost(cfg, batch, m["context"], weight_dtype=wdtype, kv_dtype=wdtype)
+        bound = rl.step_time_bound(cost, peak, bw)
+        decode.append({**m, **cost, "bound_seconds": bound, "bound_tokens_per_s": batch / bound,
+                       "achieved_bytes_per_s": cost["bytes"] / m["seconds_per_step"],
+                       "achieved_flops_per_s": cost["flops"] / m["seconds_per_step"]})
+        say(f"decode batch {batch:>4}: {m['seconds_per_step'] * 1e3:8.2f} ms/step {m['tokens_per_s']:10,.0f} tok/s"
+            f"  (bound {batch / bound:10,.0f} tok/s)")
+
+    gen = rl.measure_generate(model, prompt_len=min(128, opts["context"]), new_tokens=opts["generate_tokens"])
+    weights = rl.weights_read_per_step(cfg) * rl.weight_bytes_per_param(wdtype)
+    say(f"transformers generate, batch 1: {gen['tokens_per_s']:,.1f} tok/s; weights {format_bytes(weights, 'GB')}, "
+        f"batch-1 bound {bw / weights:,.0f} tok/s")
+    return {
+        "model": str(cfg.get("name") or opts["model"]) if isinstance(opts["model"], dict) else opts["model"],
+        "dtype": wdtype, "device": device, "random_weights": opts["model"] not in ("tiny", "tiny-draft"),
+        "params": rl.param_count(cfg), "weight_bytes_per_step": weights,
+        "copy_bandwidth": copy, "matmul": mm, "ridge_point": peak / bw,
+        "batch1_bound_tokens_per_s": bw / weights, "prefill": prefill, "decode": decode,
+        "generate": {**gen, "peer": f"transformers {_version('transformers')} generate, greedy, batch 1"},
+        "options": opts,
+    }
+
+
+def _version(pkg: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(pkg)
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inferlab.bench roofline", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: best available)")
+    parser.add_argument("--model", default=None, help="'tiny', or a config name for random weights (GPU default llama-3.2-1b)")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--context", type=int, default=None, help="tokens in the cache during decode")
+    parser.add_argument("--steps", type=int, default=None, help="timed decode steps per batch size")
+    parser.add_argument("--prompt-lens", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
+    parser.add_argument("--out", default=None, help="folder for the JSON (default data/results)")
+    args = parser.parse_args(argv)
+    from inferlab.bench import save_result
+
+    quick = {"batch_sizes": [1, 2], "context": 8, "steps": 2, "prompt_lens": [8], "copy_bytes": 1 << 20,
+             "matmul_n": 64, "generate_tokens": 2} if args.quick else {}
+    given = {"model": args.model, "batch_sizes": args.batch_sizes, "context": args.context, "steps": args.steps,
+             "prompt_lens": args.prompt_lens}
+    payload = run(args.device, **{**quick, **{k: v for k, v in given.items() if v is not None}})
+    path = save_result("roofline", payload, out_dir=args.out)
+    print(f"wrote {path}")
+    return 0
