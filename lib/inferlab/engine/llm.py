@@ -66,7 +66,7 @@ class LLM:
     """Offline batched generation with continuous batching and a paged KV cache.
 
     ``num_kv_blocks``: size of the KV pool in blocks of ``block_size`` tokens (default:
-    90 % of free GPU memory, or up to 256 MiB elsewhere). ``max_num_seqs`` and
+    90 % of free GPU memory, or up to 128 MiB elsewhere). ``max_num_seqs`` and
     ``max_num_batched_tokens`` bound each step; ``enable_chunked_prefill`` lets long
     prompts be split across steps; ``enable_prefix_caching`` reuses the KV of shared
     prompt prefixes.
@@ -147,22 +147,44 @@ class LLM:
         params = sampling_params or SamplingParams()
         rid = self.engine.add_request(None, prompt, params)
         seq = self.engine.sequences[rid]
-        hold = max((len(s) for s in params.stop), default=1) - 1
-        sent = ""
+        detok = IncrementalDetokenizer(self.engine.decode, holdback=max((len(s) for s in params.stop), default=1) - 1)
         while not seq.is_finished:
             self.engine.step()
-            if seq.is_finished:
-                break
-            text = self.engine.decode(seq.output_token_ids)
-            stable = text[: len(text) - hold] if hold else text
-            if stable.endswith("\ufffd"):
-                continue
-            if len(stable) > len(sent) and stable.startswith(sent):
-                yield stable[len(sent):]
-                sent = stable
-        final = seq.output_text
-        if len(final) > len(sent) and final.startswith(sent):
-            yield final[len(sent):]
+            if not seq.is_finished:
+                delta = detok.update(seq.output_token_ids)
+                if delta:
+                    yield delta
+        delta = detok.finish(seq.output_text)
+        if delta:
+            yield delta
+
+
+class IncrementalDetokenizer:
+    """Text deltas from a growing list of token ids, safe for multi-byte characters.
+
+    A byte-level BPE token can end in the middle of a UTF-8 character; decoding then shows
+    U+FFFD until the rest arrives, so a delta is only emitted once the text does not end in
+    U+FFFD. ``holdback`` characters are also kept back (the longest stop string minus one)
+    so that a stop string is never half-streamed before it is recognised.
+    """
+
+    def __init__(self, decode, holdback: int = 0):
+        self.decode, self.holdback, self.sent = decode, holdback, ""
+
+    def update(self, token_ids: list[int]) -> str:
+        text = self.decode(token_ids)
+        stable = text[: len(text) - self.holdback] if self.holdback else text
+        if stable.endswith("\ufffd") or not stable.startswith(self.sent):
+            return ""
+        delta, self.sent = stable[len(self.sent):], stable
+        return delta
+
+    def finish(self, final_text: str) -> str:
+        """The rest of the final text (after stop-string truncation)."""
+        if not final_text.startswith(self.sent):
+            return ""
+        delta, self.sent = final_text[len(self.sent):], final_text
+        return delta
 
 
 def _is_token_list(prompts: Any) -> bool:

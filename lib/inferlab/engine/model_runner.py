@@ -457,7 +457,7 @@ def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str,
     """How many blocks to allocate when the user does not say.
 
     CUDA: 90 % of the free GPU memory (like vLLM's ``gpu_memory_utilization``). Elsewhere:
-    enough for ``max_num_seqs`` full-context sequences, capped at 256 MiB so a 2 GB
+    enough for ``max_num_seqs`` full-context sequences, capped at 128 MiB so a 2 GB
     Binder survives.
     """
     per_block = kv_bytes_per_block(config, dtype, block_size)
@@ -467,5 +467,5 @@ def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str,
             kv_cache_bytes = int(free * 0.9)
         else:
             want = max_num_seqs * config.max_model_len // block_size * per_block
-            kv_cache_bytes = min(want, 256 * 2**20)
+            kv_cache_bytes = min(want, 128 * 2**20)
     return max(1, kv_cache_bytes // per_block)

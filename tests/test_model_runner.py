@@ -1,0 +1,105 @@
+"""Our Llama-family decoder against transformers: same logits (fp32, CPU) within 1e-4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inferlab.engine.model_runner import ChunkInput, ModelConfig, ModelRunner, rope_inv_freq
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads and suffer badly on a loaded 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import inferlab as il
+
+    return il.load_model("tiny", device="cpu", dtype="float32")
+
+
+def _hf_logits(model, ids):
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def test_tiny_logits_match_transformers(tiny):
+    model, tok = tiny
+    from inferlab.paths import models_dir
+
+    runner = ModelRunner.from_pretrained(models_dir() / "tiny", "cpu", torch.float32, block_size=16, num_blocks=32)
+    ids = tok.encode("import os\n\ndef walk(top, topdown=True):\n    \"\"\"Walk a tree.\"\"\"\n" * 3)
+    ours = runner.reference_logits(ids)
+    assert (ours - _hf_logits(model, ids)).abs().max().item() <= 1e-4
+
+
+def test_paged_chunks_and_decodes_match_full_forward(tiny):
+    """Chunked prefill through a scattered block table, then decodes, equal one full forward."""
+    model, tok = tiny
+    runner = ModelRunner.from_hf_model(model, "cpu", torch.float32, block_size=4, num_blocks=40)
+    ids = tok.encode("class Stack:\n    def push(self, item):\n        self.items.append(item)\n")
+    ref = _hf_logits(model, ids)
+    table = list(range(39, 39 - (len(ids) + 3) // 4, -1))  # blocks in reverse order on purpose
+    cut = len(ids) - 3
+    got = [runner.execute([ChunkInput(ids[:7], 0, table)])[0], runner.execute([ChunkInput(ids[7:cut], 7, table)])[0]]
+    for pos in range(cut, len(ids)):
+        got.append(runner.execute([ChunkInput([ids[pos]], pos, table)])[0])
+    want = torch.stack([ref[6], ref[cut - 1], *ref[cut:]])
+    assert (torch.stack(got) - want).abs().max().item() <= 1e-4
+
+
+def _random_model(kind: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        kind, vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **extra,
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    for p in model.parameters():  # random (not zero) biases and norms
+        torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("llama", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 32}}),
+        ("llama", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+                   "attention_bias": True, "tie_word_embeddings": False}),
+        ("qwen2", {"tie_word_embeddings": True}),
+        ("mistral", {"sliding_window": None, "head_dim": 24}),
+    ],
+)
+def test_families_match_transformers(kind, extra):
+    model = _random_model(kind, **extra)
+    runner = ModelRunner.from_hf_model(model, "cpu", torch.float32, block_size=8, num_blocks=8)
+    ids = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4
+
+
+def test_llama3_rope_frequencies_match_transformers():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    hf_config = LlamaConfig(hidden_size=2048, num_attention_heads=32, head_dim=64, rope_parameters=rope,
+                            max_position_embeddings=131072)
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_config, "cpu")
+    ours = rope_inv_freq(ModelConfig.from_dict(hf_config.to_dict()))
+    assert torch.allclose(ours, want, rtol=1e-6, atol=0)
+
+
+def test_unsupported_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="model_type 'gpt2'"):
+        ModelConfig.from_dict({"model_type": "gpt2"})
