@@ -105,7 +105,8 @@ def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> 
     pos = torch.arange(max_len, device=cache.device)
     blocks = block_tables[:, pos // block_size].clamp_min(0)  # [B, T]
     slots = blocks * block_size + pos % block_size
-    return cache.view(-1, *cache.shape[2:])[slots]
+    flat = cache.view(-1, *cache.shape[2:])
+    return flat.index_select(0, slots.reshape(-1)).view(*slots.shape, *cache.shape[2:])
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
@@ -116,12 +117,15 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Te
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of KV heads ({hkv})")
     g = hq // hkv
-    qg = q.reshape(b, nq, hkv, g, d).float()
-    scores = torch.einsum("bqhgd,bthd->bhgqt", qg, k.float()) * scale
-    scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
+    # Group query heads by the KV head they read: [B, Hkv, G*Q, D] against [B, Hkv, T, D].
+    qg = q.reshape(b, nq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * nq, d).float()
+    kt = k.permute(0, 2, 3, 1).float()  # [B, Hkv, D, T]
+    scores = torch.matmul(qg, kt) * scale  # [B, Hkv, G*Q, T]
+    mask = allowed[:, None, None].expand(b, 1, g, nq, allowed.shape[-1]).reshape(b, 1, g * nq, -1)
+    scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no key (padding) -> 0
-    out = torch.einsum("bhgqt,bthd->bqhgd", probs, v.float())
-    return out.reshape(b, nq, hq, d).to(q.dtype)
+    out = torch.matmul(probs, v.permute(0, 2, 1, 3).float())  # [B, Hkv, G*Q, D]
+    return out.reshape(b, hkv, g, nq, d).permute(0, 3, 1, 2, 4).reshape(b, nq, hq, d).to(q.dtype)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
