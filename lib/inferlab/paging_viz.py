@@ -35,19 +35,17 @@ CATEGORY_COLORS = {
 LABELS = {"orca-max": "Orca (Max)", "orca-pow2": "Orca (Pow2)", "orca-oracle": "Orca (Oracle)", "paged": "paged (vLLM)"}
 
 
-def _codes(frame: dict[str, Any], external: bool, cols: int) -> list[list[int]]:
-    """One frame's slots as a [rows, cols] grid of color codes."""
-    out = []
-    for rid, kind in zip(frame["rid"], frame["kind"], strict=True):
-        if kind == 1:
-            out.append(rid % 10)
-        elif kind == 2:
-            out.append(RESERVED)
-        elif kind == 3:
-            out.append(NEVER_USED)
-        else:
-            out.append(EXTERNAL if external else FREE)
-    return [out[i : i + cols] for i in range(0, len(out), cols)]
+def _codes(frame: dict[str, Any], external: bool, cols: int):
+    """One frame's slots as a [rows, cols] int8 grid of color codes (stored compactly by plotly)."""
+    import numpy as np
+
+    rid = np.asarray(frame["rid"], dtype=np.int64)
+    kind = np.asarray(frame["kind"], dtype=np.int8)
+    codes = np.where(kind == 1, rid % 10, 0).astype(np.int8)
+    codes[kind == 2] = RESERVED
+    codes[kind == 3] = NEVER_USED
+    codes[kind == 0] = EXTERNAL if external else FREE
+    return codes.reshape(-1, cols)
 
 
 def _discrete_colorscale() -> list[list[Any]]:
