@@ -308,16 +308,22 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: Any = 
 
 
 def naive_kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: Any = "float16") -> int:
-    """The textbook formula with ``n_heads`` in place of ``n_kv_heads`` and no windows.
+    """The textbook formula ``2 * layers * n_heads * head_dim * seq_len * batch * bytes``:
+    ``n_heads`` where ``n_kv_heads`` belongs, no windows, no scales.
 
     Correct only for multi-head attention; kept to show by how much it overstates GQA,
-    MQA, MLA and sliding-window models.
+    MQA and sliding-window models. For MLA it is what full multi-head K/V of the same heads
+    would take (``mla_cache="expanded"``).
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
     shape = config if isinstance(config, ModelShape) else model_shape(config)
-    return math.ceil(2 * shape.n_layers * shape.n_heads * shape.head_dim * seq_len * batch_size
-                     * kv_dtype(dtype).bits / 8)
+    if shape.mla:
+        _, rope, nope, v_dim = shape.mla
+        per_head = nope + rope + v_dim
+    else:
+        per_head = 2 * shape.head_dim
+    return math.ceil(shape.n_layers * shape.n_heads * per_head * seq_len * batch_size * kv_dtype(dtype).bits / 8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -543,7 +549,8 @@ def per_token_table(names: list[str] | None = None, dtype: Any = "float16",
         length = min(seq_len, int(shape.max_context or seq_len))
         rows.append({
             "model": name, "attention": shape.attention, "layers": shape.n_layers,
-            "heads": shape.n_heads, "kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
+            "heads": shape.n_heads, "kv_heads": 1 if shape.mla else shape.n_kv_heads,
+            "head_dim": shape.mla[0] + shape.mla[1] if shape.mla else shape.head_dim,
             "per_token": kv_bytes_per_token(shape, dtype),
             "naive_per_token": naive_kv_cache_bytes(shape, 1, 1, dtype),
             "seq_len": length, "per_sequence": kv_cache_bytes(shape, length, 1, dtype),

@@ -285,7 +285,7 @@ def measure_generate(model, prompt_len: int = 128, new_tokens: int = 64) -> dict
                   pad_token_id=0, eos_token_id=None)
     device = str(model.device)
     with torch.inference_mode():
-        model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})
+        model.generate(ids, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})
         _sync(device)
         t0 = time.perf_counter()
         out = model.generate(ids, **kwargs)

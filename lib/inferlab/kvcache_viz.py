@@ -1,0 +1,207 @@
+"""Drawings for notebook 01: the GPU-memory calculator, per-token tables and the roofline.
+
+The numbers come from :mod:`inferlab.kvcache` and :mod:`inferlab.roofline`; this module only
+lays them out (plotly for interactive figures, plain text for tables that nbval checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferlab import kvcache as kv
+from inferlab.viz import PALETTE
+
+CONTEXTS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+KV_DTYPE_CHOICES = ["float16", "bfloat16", "fp8", "int8", "int4", "float32"]
+
+# ---------------------------------------------------------------------------------------
+# text
+# ---------------------------------------------------------------------------------------
+
+
+def per_token_text(rows: list[dict[str, Any]] | None = None, dtype: str = "float16") -> str:
+    """A fixed-width table of :func:`inferlab.kvcache.per_token_table` rows (deterministic)."""
+    rows = rows or kv.per_token_table(dtype=dtype)
+    head = (f"{'model':<15} {'attn':<4} {'layers':>6} {'heads':>5} {'kv':>4} {'hdim':>4} "
+            f"{'KV/token':>11} {'n_heads formula':>15} {'params':>8} {'one sequence':>23}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        seq = f"{kv.format_bytes(r['per_sequence'], 'auto')} @ {r['seq_len']:,}"
+        lines.append(
+            f"{r['model']:<15} {r['attention']:<4} {r['layers']:>6} {r['heads']:>5} {r['kv_heads']:>4} "
+            f"{r['head_dim']:>4} {kv.format_bytes(r['per_token'], 'KiB'):>11} "
+            f"{kv.format_bytes(r['naive_per_token'], 'KiB'):>15} {r['params'] / 1e9:>7.2f}B {seq:>23}")
+    return "\n".join(lines)
+
+
+def describe_plan(plan: dict[str, Any], gpu: str = "", batch_size: int | None = None) -> str:
+    """One paragraph: what one GPU holds and how many sequences fit."""
+    f = lambda n: kv.format_bytes(n, "GiB")  # noqa: E731
+    where = f" on {gpu}" if gpu else ""
+    tp = f" (TP={plan['tp_size']}, per GPU)" if plan["tp_size"] > 1 else ""
+    text = (f"{plan['model']} ({plan['attention']}){where}{tp}, {plan['seq_len']:,}-token sequences, "
+            f"{plan['kv_dtype']} KV: weights {f(plan['weights'])} ({plan['weight_dtype']}), reserve "
+            f"{f(plan['reserve'])}, KV per sequence {f(plan['kv_per_sequence'])}.\n")
+    if not plan["weights_fit"]:
+        return text + "The weights alone do not fit: add GPUs (TP) or quantize the weights."
+    text += f"-> {plan['max_sequences']:,} concurrent sequences fit."
+    if batch_size is not None:
+        verdict = "fits" if plan["batch_fits"] else "does NOT fit"
+        text += f" A batch of {batch_size} needs {f(plan['kv_for_batch'])} of KV: {verdict}."
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------
+
+
+def memory_figure(plan: dict[str, Any], gpu: str = ""):
+    """One horizontal stacked bar: weights | reserve | KV of the batch | free, in GiB."""
+    import plotly.graph_objects as go
+
+    gib = 1 << 30
+    kv_part = min(plan["kv_for_batch"], max(0, plan["gpu_memory"] - plan["weights"] - plan["reserve"]))
+    parts = [("weights", plan["weights"], PALETTE[0]), ("reserve (activations, CUDA context)", plan["reserve"], PALETTE[9]),
+             ("KV cache of the batch", kv_part, PALETTE[1]), ("free", max(0, plan["free"]), PALETTE[2])]
+    fig = go.Figure()
+    for name, value, color in parts:
+        fig.add_bar(y=[gpu or "GPU"], x=[value / gib], name=name, orientation="h", marker_color=color,
+                    hovertemplate=f"{name}: %{{x:.2f}} GiB<extra></extra>")
+    over = plan["kv_for_batch"] - kv_part
+    if over > 0:
+        fig.add_bar(y=[gpu or "GPU"], x=[over / gib], name="KV that does not fit", orientation="h",
+                    marker_color=PALETTE[3], marker_pattern_shape="/")
+    fig.add_vline(x=plan["gpu_memory"] / gib, line_dash="dash", line_color="black")
+    title = (f"{plan['model']}: {plan['max_sequences']:,} sequences of {plan['seq_len']:,} tokens fit"
+             if plan["weights_fit"] else f"{plan['model']}: the weights alone do not fit")
+    fig.update_layout(barmode="stack", title=title, xaxis_title="GiB per GPU", height=260,
+                      legend=dict(orientation="h", y=-0.45), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def calculator_view(model: str = "llama-3-8b", seq_len: int = 8192, batch_size: int = 16,
+                    kv_dtype: str = "float16", tp_size: int = 1, gpu: str = "H100 80 GB",
+                    weight_dtype: str = "bfloat16", reserve_fraction: float = 0.1, show: bool = True):
+    """Compute, describe and draw one setting of the calculator; returns ``(plan, figure)``."""
+    plan = kv.memory_plan(model, kv.gpu_memory_bytes(gpu), seq_len, kv_dtype, weight_dtype,
+                          reserve_fraction, tp_size, batch_size)
+    fig = memory_figure(plan, gpu)
+    if show:
+        print(describe_plan(plan, gpu, batch_size))
+        fig.show()
+    return plan, fig
+
+
+def calculator(**defaults: Any):
+    """The interactive calculator (ipywidgets). Without a widget manager, draws the defaults once."""
+    from inferlab.viz import widgets_available
+
+    start = {"model": "llama-3-8b", "seq_len": 8192, "batch_size": 16, "kv_dtype": "float16",
+             "tp_size": 1, "gpu": "H100 80 GB", **defaults}
+    if not widgets_available():
+        return calculator_view(**start)
+    import ipywidgets as w
+
+    controls = dict(
+        model=w.Dropdown(options=kv.known_models(), value=start["model"], description="model"),
+        seq_len=w.SelectionSlider(options=CONTEXTS, value=start["seq_len"], description="context"),
+        batch_size=w.IntSlider(min=1, max=512, value=start["batch_size"], description="batch"),
+        kv_dtype=w.Dropdown(options=KV_DTYPE_CHOICES, value=start["kv_dtype"], description="KV dtype"),
+        tp_size=w.Dropdown(options=[1, 2, 4, 8, 16], value=start["tp_size"], description="TP degree"),
+        gpu=w.Dropdown(options=list(kv.GPUS), value=start["gpu"], description="GPU"),
+    )
+    return w.interact(lambda **kw: calculator_view(**kw) and None, **controls)
+
+
+def gqa_myth_figure(names: list[str] | None = None, dtype: str = "float16"):
+    """Bars per model: KV bytes per token with ``n_heads`` (the myth) vs the real cache."""
+    import plotly.graph_objects as go
+
+    rows = kv.per_token_table(names, dtype)
+    x = [f"{r['model']} ({r['attention']})" for r in rows]
+    fig = go.Figure([
+        go.Bar(x=x, y=[r["naive_per_token"] / 1024 for r in rows], name="formula with n_heads", marker_color=PALETTE[9]),
+        go.Bar(x=x, y=[r["per_token"] / 1024 for r in rows], name="what is cached (n_kv_heads / MLA latent)",
+               marker_color=PALETTE[1]),
+    ])
+    fig.update_layout(barmode="group", yaxis_title=f"KiB per token ({dtype})", yaxis_type="log",
+                      title="KV cache per token: textbook formula vs what the model caches", height=420)
+    return fig
+
+
+def context_sweep_figure(names: list[str], dtype: str = "float16", contexts: list[int] | None = None):
+    """KV of one sequence vs context length: windows flatten the curve (Mistral) or halve its slope (Gemma-2)."""
+    import plotly.graph_objects as go
+
+    contexts = contexts or [2**k for k in range(8, 18)]
+    fig = go.Figure()
+    for i, name in enumerate(names):
+        fig.add_scatter(x=contexts, y=[kv.kv_cache_bytes(name, c, 1, dtype) / 2**30 for c in contexts],
+                        name=name, mode="lines+markers", line_color=PALETTE[i % len(PALETTE)])
+    fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="tokens in the sequence",
+                      yaxis_title=f"KV cache, GiB ({dtype})", title="One sequence's KV cache vs its length", height=420)
+    return fig
+
+
+def roofline_figure(results: dict[str, dict[str, Any] | None]):
+    """Log-log roofline per device: achieved FLOP/s vs intensity for prefill and decode points,
+    under that device's measured roofs (copy bandwidth slope, matmul flat)."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, (label, res) in enumerate((k, v) for k, v in results.items() if v):
+        color = PALETTE[(2 * i) % len(PALETTE)]
+        bw, peak = res["copy_bandwidth"]["bytes_per_s"], res["matmul"]["flops_per_s"]
+        xs = np.logspace(-1, 4, 60)
+        fig.add_scatter(x=xs, y=np.minimum(peak, xs * bw), name=f"{label}: roof", mode="lines",
+                        line=dict(color=color, dash="dash"))
+        d, p = res["decode"], res["prefill"]
+        fig.add_scatter(x=[r["intensity"] for r in d], y=[r["achieved_flops_per_s"] for r in d], mode="markers+text",
+                        text=[f"b{r['batch_size']}" for r in d], textposition="top center",
+                        name=f"{label}: decode (batch)", marker=dict(color=color, symbol="circle", size=9))
+        fig.add_scatter(x=[r["intensity"] for r in p], y=[r["achieved_flops_per_s"] for r in p], mode="markers+text",
+                        text=[f"L{r['prompt_len']}" for r in p], textposition="bottom center",
+                        name=f"{label}: prefill (prompt)", marker=dict(color=color, symbol="diamond", size=10))
+    fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="arithmetic intensity (FLOP / byte)",
+                      yaxis_title="achieved FLOP/s", title="Roofline: prefill climbs to the compute roof, decode stays under the memory slope",
+                      height=520)
+    return fig
+
+
+def decode_batch_figure(results: dict[str, dict[str, Any] | None]):
+    """Decode tokens/s vs batch: measured, next to the memory-bandwidth bound, one panel per device."""
+    from plotly.subplots import make_subplots
+
+    present = [(k, v) for k, v in results.items() if v]
+    fig = make_subplots(rows=1, cols=max(1, len(present)), subplot_titles=[k for k, _ in present])
+    for col, (label, res) in enumerate(present, start=1):
+        b = [r["batch_size"] for r in res["decode"]]
+        fig.add_scatter(x=b, y=[r["tokens_per_s"] for r in res["decode"]], name=f"{label}: measured",
+                        mode="lines+markers", line_color=PALETTE[0], row=1, col=col)
+        fig.add_scatter(x=b, y=[r["bound_tokens_per_s"] for r in res["decode"]], name=f"{label}: bound (bytes / bandwidth)",
+                        mode="lines", line=dict(color=PALETTE[1], dash="dash"), row=1, col=col)
+        gen = res.get("generate")
+        if gen:
+            fig.add_scatter(x=[1], y=[gen["tokens_per_s"]], name=f"{label}: transformers generate", mode="markers",
+                            marker=dict(color=PALETTE[3], size=12, symbol="star"), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="batch size", row=1, col=col)
+        fig.update_yaxes(type="log", title_text="tokens / s", row=1, col=col)
+    fig.update_layout(title="Decode throughput vs batch size", height=450)
+    return fig
+
+
+def roofline_text(res: dict[str, Any], label: str) -> str:
+    """The key numbers of a roofline run, as lines of text."""
+    bw, peak = res["copy_bandwidth"]["bytes_per_s"], res["matmul"]["flops_per_s"]
+    lines = [f"{label}: {res['model']} ({res['dtype']}), {res['params'] / 1e6:,.1f} M params, "
+             f"{kv.format_bytes(res['weight_bytes_per_step'], 'GB')} of weights per step",
+             f"  copy bandwidth {bw / 1e9:,.1f} GB/s, matmul {peak / 1e12:,.3f} TFLOP/s, ridge {peak / bw:,.1f} FLOP/B",
+             f"  batch-1 decode bound {res['batch1_bound_tokens_per_s']:,.0f} tok/s; "
+             f"measured {res['decode'][0]['tokens_per_s']:,.0f} tok/s; transformers generate "
+             f"{res['generate']['tokens_per_s']:,.1f} tok/s"]
+    best = max(res["decode"], key=lambda r: r["tokens_per_s"])
+    lines.append(f"  best decode: batch {best['batch_size']} at {best['tokens_per_s']:,.0f} tok/s "
+                 f"({best['achieved_bytes_per_s'] / bw:.0%} of copy bandwidth)")
+    return "\n".join(lines)
