@@ -111,7 +111,7 @@ pool.allocate("sample-0", list(range(10)))  # 10 prompt tokens: blocks 0, 1 full
 for j in (1, 2, 3):
     pool.fork("sample-0", f"sample-{j}")
 samples = [f"sample-{j}" for j in range(4)]
-fig, axes = plt.subplots(2, 1, figsize=(9, 7))
+fig, axes = plt.subplots(2, 1, figsize=(9, 7), dpi=72)
 draw_block_tables(pool, samples, axes[0], "after fork: every block shared (ref 4)")
 copies = {s: pool.append(s, 100 + j) for j, s in enumerate(samples)}  # each sample's first token
 print("copy-on-write (src, dst):", copies)
@@ -140,7 +140,7 @@ from inferlab.viz import setup_plotly
 
 setup_plotly()
 small_trace = memsim.generate_trace("alpaca", 120, rate=40.0, max_len=256, seed=0)
-maps = {name: memsim.simulate(small_trace, name, 1024, block_size=8, max_len=256, frame_every=12, max_frames=24)
+maps = {name: memsim.simulate(small_trace, name, 1024, block_size=8, max_len=256, frame_every=16, max_frames=18)
         for name in ("orca-max", "orca-oracle", "paged")}
 memory_map_animation(maps, cols=64).show()
 
