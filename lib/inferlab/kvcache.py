@@ -447,6 +447,7 @@ def memory_plan(config: Any, gpu_memory_bytes: int, seq_len: int, dtype: Any = "
         "kv_for_batch": kv, "free": int(budget - kv), "max_sequences": int(fits),
         "weights_fit": budget > 0, "batch_fits": kv <= budget, "tp_size": tp_size,
         "seq_len": seq_len, "kv_dtype": kv_dtype(dtype).name, "weight_dtype": str(weight_dtype),
+        "max_context": shape.max_context,
     }
 
 

@@ -39,7 +39,9 @@ def describe_plan(plan: dict[str, Any], gpu: str = "", batch_size: int | None = 
     f = lambda n: kv.format_bytes(n, "GiB")  # noqa: E731
     where = f" on {gpu}" if gpu else ""
     tp = f" (TP={plan['tp_size']}, per GPU)" if plan["tp_size"] > 1 else ""
-    text = (f"{plan['model']} ({plan['attention']}){where}{tp}, {plan['seq_len']:,}-token sequences, "
+    beyond = plan.get("max_context") and plan["seq_len"] > plan["max_context"]
+    note = f" (beyond its {plan['max_context']:,}-token context!)" if beyond else ""
+    text = (f"{plan['model']} ({plan['attention']}){where}{tp}, {plan['seq_len']:,}-token sequences{note}, "
             f"{plan['kv_dtype']} KV: weights {f(plan['weights'])} ({plan['weight_dtype']}), reserve "
             f"{f(plan['reserve'])}, KV per sequence {f(plan['kv_per_sequence'])}.\n")
     if not plan["weights_fit"]:

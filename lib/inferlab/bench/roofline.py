@@ -20,14 +20,15 @@ from inferlab import roofline as rl
 
 
 def build_model(name: Any, device: str, dtype: str):
-    """An embedded model by name, or a Llama with random weights from a config (name or dict),
-    created directly on ``device`` in ``dtype`` (no fp32 copy, no download)."""
+    """An embedded model, a local folder or hub id (real weights), or a Llama with random weights
+    from a shipped config name or dict, created directly on ``device`` in ``dtype`` (no download)."""
     import torch
 
+    from inferlab.kvcache import known_models
     from inferlab.loading import EMBEDDED_MODELS, load_model
 
-    if isinstance(name, str) and name in EMBEDDED_MODELS:
-        model, _ = load_model(name, device=device, dtype=dtype)
+    if isinstance(name, str) and (name in EMBEDDED_MODELS or name.lower() not in known_models()):
+        model, _ = load_model(name, device=device, dtype=dtype)  # embedded, a local folder or a hub id
         return model, model.config.to_dict()
     from transformers import LlamaConfig, LlamaForCausalLM
 
