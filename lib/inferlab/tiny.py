@@ -70,8 +70,10 @@ class TrainConfig:
     seq_len: int = 512
     batch_size: int = 64
     target_steps: int = 3000
-    draft_steps: int = 2500
+    draft_steps: int = 5000
     eval_every: int = 250
+    onpolicy_sequences: int = 4096
+    onpolicy_temperature: float = 0.7
     lr: float = 3e-3
     draft_lr: float = 4e-3
     warmup: int = 100
@@ -224,16 +226,50 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _batches(stream, cfg: TrainConfig, generator, device):
+def _batches(streams, cfg: TrainConfig, generator, device):
+    """Random windows, the batch split evenly between the given token streams."""
     import torch
 
-    data = torch.from_numpy(stream.astype("int64"))
-    n = len(data) - cfg.seq_len - 1
+    datas = [torch.from_numpy(s.astype("int64")) for s in streams]
+    per = [cfg.batch_size // len(datas)] * len(datas)
+    per[0] += cfg.batch_size - sum(per)
     while True:
-        starts = torch.randint(0, n, (cfg.batch_size,), generator=generator)
-        idx = starts[:, None] + torch.arange(cfg.seq_len + 1)[None, :]
-        chunk = data[idx].to(device, non_blocking=True)
+        rows = []
+        for data, n_rows in zip(datas, per, strict=True):
+            starts = torch.randint(0, len(data) - cfg.seq_len - 1, (n_rows,), generator=generator)
+            rows.append(data[starts[:, None] + torch.arange(cfg.seq_len + 1)[None, :]])
+        chunk = torch.cat(rows).to(device, non_blocking=True)
         yield chunk[:, :-1], chunk[:, 1:]
+
+
+def onpolicy_stream(target, stream, cfg: TrainConfig, device, prompt_len: int = 64, batch: int = 512, log=print):
+    """Text the target writes itself, from random training prompts (on-policy distillation data).
+
+    A draft is judged on the target's own continuations, so it learns best from them
+    (DistillSpec, Zhou et al., 2023).
+    """
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    torch.manual_seed(cfg.seed + 2)
+    data = torch.from_numpy(stream.astype("int64"))
+    eos = int(target.config.eos_token_id)
+    pieces = []
+    new_tokens = cfg.seq_len - prompt_len + 1
+    batch = min(batch, cfg.onpolicy_sequences)
+    for i in range(0, cfg.onpolicy_sequences, batch):
+        starts = torch.randint(0, len(data) - prompt_len, (batch,), generator=gen)
+        prompts = data[starts[:, None] + torch.arange(prompt_len)[None, :]].to(device)
+        with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            out = target.generate(
+                prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                do_sample=True, temperature=cfg.onpolicy_temperature, top_k=0, pad_token_id=eos,
+            )
+        rows = out.cpu().numpy()
+        pieces.append(np.concatenate([rows, np.full((len(rows), 1), eos)], axis=1).reshape(-1))
+        log(f"on-policy text: {i + batch}/{cfg.onpolicy_sequences} sequences")
+    return np.concatenate(pieces).astype(np.int32)
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -243,7 +279,7 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, teacher=None, val_windows=None, log=print):
+def train_model(model, streams, cfg: TrainConfig, steps: int, lr: float, device, teacher=None, val_windows=None, log=print):
     """AdamW with warmup + cosine; with ``teacher``, the loss mixes cross-entropy and KL(teacher || model).
 
     Every ``cfg.eval_every`` steps the validation perplexity is measured and the best
@@ -262,7 +298,7 @@ def train_model(model, stream, cfg: TrainConfig, steps: int, lr: float, device, 
         lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=(device == "cuda"),
     )
     use_amp = device == "cuda"
-    batches = _batches(stream, cfg, gen, device)
+    batches = _batches(streams, cfg, gen, device)
     model.train()
     best = (float("inf"), None, -1)
     t0 = time.time()
@@ -362,6 +398,38 @@ def greedy_acceptance(target, draft, stream, device, k: int = 4, samples: int = 
     }
 
 
+def generation_acceptance(target, draft, stream, device, k: int = 4, prompts: int = 32, context: int = 128,
+                          new_tokens: int = 64, seed: int = SEED):
+    """Mean accepted draft tokens (of k) per step while greedily generating from held-out prompts.
+
+    Unlike :func:`greedy_acceptance`, the context after the first step is the target's own
+    output, which is what a speculative decoder sees.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(stream.astype("int64"))
+    starts = torch.randint(0, len(data) - context, (prompts,), generator=gen)
+    accepted = []
+    with torch.no_grad():
+        for s in starts.tolist():
+            ids = data[s : s + context][None].to(device)
+            produced = 0
+            while produced < new_tokens:
+                proposal = ids
+                for _ in range(k):
+                    proposal = torch.cat([proposal, draft(input_ids=proposal).logits[:, -1:].argmax(-1)], 1)
+                choice = target(input_ids=proposal).logits[0, ids.shape[1] - 1 :].argmax(-1)
+                drafted = proposal[0, ids.shape[1] :]
+                n = int((drafted == choice[:k]).int().cumprod(0).sum())
+                accepted.append(n)
+                ids = torch.cat([ids, drafted[:n][None], choice[n : n + 1][None]], 1)
+                produced += n + 1
+    mean = sum(accepted) / len(accepted)
+    return {"k": k, "prompts": prompts, "context_tokens": context, "new_tokens": new_tokens,
+            "steps": len(accepted), "mean_accepted": round(mean, 4), "mean_tokens_per_target_call": round(mean + 1, 4)}
+
+
 def greedy_completions(model, hf_tok, device, max_new_tokens: int = 48) -> list[dict]:
     import torch
 
@@ -408,7 +476,7 @@ def save_model(model, hf_tok, path: Path, dtype="float16"):
     tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 
-def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> dict:
+def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, reuse_target: Path | None = None, log=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -417,7 +485,12 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> 
     t_start = time.time()
     corpus = load_corpus(stdlib)
     log(f"corpus: {json.dumps(corpus['meta'])}")
-    tok = train_tokenizer(corpus["train"], cfg.vocab_size)
+    if reuse_target is not None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(Path(reuse_target) / "tokenizer.json"))
+    else:
+        tok = train_tokenizer(corpus["train"], cfg.vocab_size)
     hf_tok = hf_tokenizer(tok)
     train_stream = encode_stream(tok, corpus["train"])
     held_stream = encode_stream(tok, corpus["heldout"])
@@ -430,15 +503,27 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> 
     report["corpus"]["heldout_tokens"] = int(len(held_stream))
     report["corpus"]["heldout_bytes_per_token"] = corpus["meta"]["heldout_bytes"] / max(1, len(held_stream) - len(corpus["heldout"]))
 
-    torch.manual_seed(cfg.seed)
-    target = LlamaForCausalLM(llama_config(TARGET, cfg, tok)).to(device)
-    log(f"target: {count_parameters(target):,} parameters")
-    t_target = train_model(target, train_stream, cfg, cfg.target_steps, cfg.lr, device, val_windows=val_windows, log=log)
+    if reuse_target is not None:  # keep an already trained target (and its tokenizer); retrain the draft
+        target = AutoModelForCausalLM.from_pretrained(reuse_target, dtype=torch.float32).to(device).eval()
+        previous = json.loads((Path(reuse_target).parent / "training.json").read_text())["models"]["tiny"]
+        t_target = (previous["train_seconds"], previous["kept_step"])
+        report["target_reused_from"] = str(reuse_target)
+        log(f"target: reused {reuse_target}")
+    else:
+        torch.manual_seed(cfg.seed)
+        target = LlamaForCausalLM(llama_config(TARGET, cfg, tok)).to(device)
+        log(f"target: {count_parameters(target):,} parameters")
+        t_target = train_model(target, [train_stream], cfg, cfg.target_steps, cfg.lr, device, val_windows=val_windows, log=log)
 
+    t0 = time.time()
+    own_text = onpolicy_stream(target, train_stream, cfg, device, log=log)
+    report["onpolicy"] = {"tokens": int(len(own_text)), "seconds": round(time.time() - t0, 1),
+                          "temperature": cfg.onpolicy_temperature}
     torch.manual_seed(cfg.seed + 1)
     draft = LlamaForCausalLM(llama_config(DRAFT, cfg, tok)).to(device)
     log(f"draft: {count_parameters(draft):,} parameters")
-    t_draft = train_model(draft, train_stream, cfg, cfg.draft_steps, cfg.draft_lr, device, teacher=target, val_windows=val_windows, log=log)
+    t_draft = train_model(draft, [train_stream, own_text], cfg, cfg.draft_steps, cfg.draft_lr, device,
+                          teacher=target, val_windows=val_windows, log=log)
 
     for name, model, (seconds, best_step) in (("tiny", target, t_target), ("tiny-draft", draft, t_draft)):
         save_model(model, hf_tok, out / name)
@@ -467,6 +552,8 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, log=print) -> 
         log(f"{name}: held-out perplexity {ppl:.2f}")
     report["speculative_greedy_acceptance"] = greedy_acceptance(shipped["tiny"], shipped["tiny-draft"], held_stream, device)
     log(f"acceptance: {report['speculative_greedy_acceptance']}")
+    report["speculative_generation_acceptance"] = generation_acceptance(shipped["tiny"], shipped["tiny-draft"], held_stream, device)
+    log(f"acceptance while generating: {report['speculative_generation_acceptance']}")
     report["total_seconds"] = round(time.time() - t_start, 1)
     report["date"] = time.strftime("%Y-%m-%d")
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -518,7 +605,8 @@ def model_card(report: dict) -> str:
         f"{report['train_config']['target_steps']} steps (target) and {report['train_config']['draft_steps']} steps (draft) of",
         f"{report['train_config']['batch_size']} × {report['train_config']['seq_len']} tokens, AdamW, warmup + cosine, bf16 autocast;",
         f"kept the checkpoint with the best validation perplexity (target: step {report['models']['tiny']['kept_step']}, draft: step {report['models']['tiny-draft']['kept_step']}).",
-        f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy.",
+        f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy,",
+        f"on batches half standard-library code, half text the target wrote itself ({report['onpolicy']['tokens']:,} tokens sampled at temperature {report['onpolicy']['temperature']}).",
         f"Total wall time including tokenizer and evaluation: {report['total_seconds']:.0f} s on {report['date']}.",
         "Reproduce: `python -m inferlab.tiny train --out data/models`.",
         "",
@@ -528,6 +616,10 @@ def model_card(report: dict) -> str:
         f"accepts on average **{acc['mean_accepted']:.2f} of {acc['k']}** greedy draft tokens",
         f"({acc['mean_tokens_per_target_call']:.2f} tokens per target call with the bonus token).",
         f"Acceptance by draft position: {', '.join(f'{v:.2f}' for v in acc['accept_rate_by_position'])}.",
+        "",
+        f"While generating greedily from {report['speculative_generation_acceptance']['prompts']} held-out prompts "
+        f"({report['speculative_generation_acceptance']['new_tokens']} new tokens each), where the context is the target's own output,",
+        f"the target accepts on average **{report['speculative_generation_acceptance']['mean_accepted']:.2f} of 4** draft tokens per step.",
         "",
         "## Greedy completions (target)",
         "",
@@ -551,12 +643,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft-steps", type=int, default=TrainConfig.draft_steps)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-windows", type=int, default=TrainConfig.eval_windows)
+    p.add_argument("--onpolicy-sequences", type=int, default=TrainConfig.onpolicy_sequences)
+    p.add_argument("--reuse-target", type=Path, default=None,
+                   help="folder of an already trained target (its tokenizer too): train only the draft")
     args = parser.parse_args(argv)
     cfg = TrainConfig(
         target_steps=args.target_steps, draft_steps=args.draft_steps,
-        batch_size=args.batch_size, eval_windows=args.eval_windows,
+        batch_size=args.batch_size, eval_windows=args.eval_windows, onpolicy_sequences=args.onpolicy_sequences,
     )
-    report = train(args.out, cfg, args.stdlib, log=lambda m: print(m, flush=True))
+    report = train(args.out, cfg, args.stdlib, reuse_target=args.reuse_target, log=lambda m: print(m, flush=True))
     print(json.dumps({k: v for k, v in report["models"].items()}, indent=1, default=str)[:4000])
     return 0
 
