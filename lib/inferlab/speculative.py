@@ -149,7 +149,7 @@ def speculative_sampling_step(
     num_accepted = accepted.long().cumprod(dim=1).sum(dim=1)
     # A zero row after the k draft distributions makes the bonus case the same formula:
     # at position k, max(0, p_k − 0) is p_k itself.
-    q_padded = torch.cat([draft_probs, torch.zeros_like(draft_probs[:, :1])], dim=1)
+    q_padded = torch.cat([draft_probs, target_probs.new_zeros(batch, 1, target_probs.shape[-1])], dim=1)
     rows = torch.arange(batch, device=draft_tokens.device)
     p_n, q_n = target_probs[rows, num_accepted], q_padded[rows, num_accepted]
     residual = (p_n - q_n).clamp_min(0.0)
@@ -346,8 +346,8 @@ class _CachedModel:
             input_ids=tokens,
             attention_mask=self.mask if holes else None,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
+            **{_cache_keyword(self.model): self.cache},
         )
         logits = out.logits
         _synchronize(logits.device)
@@ -369,6 +369,13 @@ class _CachedModel:
         if used < self.mask.shape[1]:
             self.mask = self.mask[:, :used]
             _crop(self.cache, used)
+
+
+def _cache_keyword(model) -> str:
+    """``cache`` in newer transformers (5.2x), ``past_key_values`` before (5.17)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _synchronize(device) -> None:
