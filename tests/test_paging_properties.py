@@ -1,9 +1,11 @@
 """Property-based tests of the block allocator: random interleavings of allocate/append/fork/free.
 
-Beside the allocator's own invariants, a tiny "KV cache" (a dict slot -> token) is written
-the way an engine would: prompt tokens past the prefix-cache hits at allocate, copy-on-write
-copies, one token per append. Reading every sequence back through its block table must give
-its tokens, which catches wrong sharing, a missed copy or a stale cache hit.
+Beside the allocator's own invariants, a tiny "KV cache" is written the way an engine would:
+prompt tokens past the prefix-cache hits at allocate, copy-on-write copies, one token per
+append. A slot holds what real K/V depends on, the token *and everything before it*, so
+reading every sequence back through its block table catches wrong sharing, a missed copy
+and a cache hit computed for another prefix. Half the runs replace the block hash with one
+that collides all the time, to exercise the collision guard.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+import inferlab.paging as paging
 from inferlab.paging import BlockAllocator, OutOfBlocks, cdiv
+
+REAL_HASH = paging.block_hash
+
+
+def colliding_hash(parent, tokens):
+    """A terrible hash: 3 values, so different prefixes share keys all the time."""
+    return (tokens[0] + (parent or 0)) % 3
 
 TOKENS = st.integers(min_value=0, max_value=2)  # a tiny alphabet, so prefixes repeat
 
@@ -24,17 +34,19 @@ class AllocatorMachine(RuleBasedStateMachine):
         num_blocks=st.integers(1, 12),
         block_size=st.integers(1, 4),
         prefix=st.booleans(),
+        collide=st.booleans(),
     )
-    def setup(self, num_blocks, block_size, prefix):
+    def setup(self, num_blocks, block_size, prefix, collide):
+        paging.block_hash = colliding_hash if collide else REAL_HASH
         self.a = BlockAllocator(num_blocks, block_size, enable_prefix_caching=prefix)
         self.tokens: dict[int, list[int]] = {}
-        self.kv: dict[int, int] = {}  # slot -> token, as the KV cache would hold it
+        self.kv: dict[int, tuple] = {}  # slot -> (tokens up to and including it): what K/V encodes
         self.next_id = 0
 
     # ------------------------------------------------------------- helpers
     def _write(self, seq_id, start):
         for pos, slot in enumerate(self.a.slot_mapping(seq_id, start), start):
-            self.kv[slot] = self.tokens[seq_id][pos]
+            self.kv[slot] = tuple(self.tokens[seq_id][: pos + 1])
 
     def _expect_oob(self, call):
         before = self.a.snapshot()
@@ -65,7 +77,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         if not self.a.enable_prefix_caching:
             assert cached == 0
         for pos in range(cached):  # a hit must already hold exactly these tokens
-            assert self.kv.get(self.a.slot(seq_id, pos)) == prompt[pos]
+            assert self.kv.get(self.a.slot(seq_id, pos)) == tuple(prompt[: pos + 1])
         for block_id in table[cached // self.a.block_size :]:  # the rest is private
             assert self.a.ref_count(block_id) == 1
         self._write(seq_id, cached)
@@ -136,9 +148,11 @@ class AllocatorMachine(RuleBasedStateMachine):
         for seq_id, toks in self.tokens.items():
             assert self.a.num_tokens(seq_id) == len(toks)
             assert len(self.a.block_table(seq_id)) == cdiv(len(toks), self.a.block_size)
-            assert [self.kv.get(s) for s in self.a.slot_mapping(seq_id)] == toks
+            want = [tuple(toks[: i + 1]) for i in range(len(toks))]
+            assert [self.kv.get(s) for s in self.a.slot_mapping(seq_id)] == want
 
     def teardown(self):
+        paging.block_hash = REAL_HASH
         if hasattr(self, "a"):
             for seq_id in self._live():
                 self.a.free(seq_id)

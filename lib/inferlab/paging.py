@@ -20,10 +20,12 @@ Because a block table is an indirection, blocks can be *shared*:
 - With ``enable_prefix_caching=True`` every *full* block is keyed by a chained hash of
   (parent block's hash, its token ids), so that two sequences with the same prefix
   (a shared system prompt) map it to the same physical blocks (paper §4.4, vLLM's
-  automatic prefix caching). Stored token ids are compared on every hit, so a hash
-  collision cannot hand a sequence someone else's KV. A cached block whose last user
-  is freed stays cached but counts as free; it is evicted, least recently used first,
-  only when a fresh block is needed.
+  automatic prefix caching). The hash is only a lookup key: a hit also compares the
+  stored token ids and checks that the cached block was computed after the very same
+  physical parent block (id and generation), so even a hash collision cannot hand a
+  sequence KV computed for another prefix. A cached block whose last user is freed
+  stays cached but counts as free; it is evicted, least recently used first, only
+  when a fresh block is needed.
 
 Every call that cannot be served raises :class:`OutOfBlocks` *before* changing anything,
 so a scheduler can catch it and preempt or wait. Names follow vLLM and nano-vllm
@@ -71,15 +73,21 @@ def block_hash(parent_hash: int | None, token_ids: Sequence[int]) -> int:
 
 
 class Block:
-    """One physical KV block: how many tables hold it, and its cache key when cached."""
+    """One physical KV block: how many tables hold it, and its cache key when cached.
 
-    __slots__ = ("block_id", "ref_count", "hash", "parent_hash", "token_ids")
+    ``generation`` counts how often the block was handed out fresh, so ``(block_id,
+    generation)`` names one particular content; ``parent`` is that name for the block
+    before it in the sequence that filled it (None for a first block).
+    """
+
+    __slots__ = ("block_id", "ref_count", "hash", "parent", "token_ids", "generation")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
+        self.generation = 0
         self.hash: int | None = None  # set only while the block is in the prefix cache
-        self.parent_hash: int | None = None
+        self.parent: tuple[int, int] | None = None
         self.token_ids: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
@@ -218,7 +226,7 @@ class BlockAllocator:
             block = self._take_free()
             seq.block_table.append(block.block_id)
             if i < len(hashes):  # a full prompt block: it can be cached now
-                self._cache(block, hashes[i], hashes[i - 1] if i else NO_HASH, self._block_tokens(seq, i))
+                self._cache(block, hashes[i], self._parent(seq.block_table, i), self._block_tokens(seq, i))
         seq.num_cached_tokens = len(hits) * self.block_size
         self.stats["prefix_queries_blocks"] += len(hashes) if self.enable_prefix_caching else 0
         self.stats["prefix_hit_blocks"] += len(hits)
@@ -301,7 +309,7 @@ class BlockAllocator:
             "free_block_ids": list(self.free_block_ids),
             "evictable": list(self.evictable),
             "hash_to_block_id": dict(self.hash_to_block_id),
-            "blocks": [(b.ref_count, b.hash, b.parent_hash, b.token_ids) for b in self.blocks],
+            "blocks": [(b.ref_count, b.hash, b.parent, b.token_ids, b.generation) for b in self.blocks],
             "seqs": {
                 k: (list(s.block_table), list(s.token_ids), list(s.block_hashes), s.num_cached_tokens)
                 for k, s in self.seqs.items()
@@ -322,6 +330,10 @@ class BlockAllocator:
             return self.seqs[seq_id]
         except KeyError:
             raise KeyError(f"unknown sequence {seq_id!r}") from None
+
+    def _parent(self, table: list[int], i: int) -> tuple[int, int] | None:
+        """The identity (block id, generation) of block ``i - 1`` of a table."""
+        return (table[i - 1], self.blocks[table[i - 1]].generation) if i else None
 
     def _block_tokens(self, seq: _Seq, i: int) -> tuple[int, ...]:
         return tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
@@ -344,7 +356,8 @@ class BlockAllocator:
                 block_id = self.hash_to_block_id.get(h)
                 if block_id is not None:
                     b = self.blocks[block_id]
-                    if b.token_ids == tokens and b.parent_hash == parent:  # guard against collisions
+                    # The hash only finds a candidate; same tokens after the same parent proves it.
+                    if b.token_ids == tokens and b.parent == self._parent(hits, i):
                         hits.append(block_id)
             parent = h
         # Hits on evictable blocks come out of the free pool; hits on in-use blocks are free.
@@ -365,8 +378,9 @@ class BlockAllocator:
             block_id, _ = self.evictable.popitem(last=False)
             block = self.blocks[block_id]
             del self.hash_to_block_id[block.hash]
-            block.hash, block.parent_hash, block.token_ids = None, None, ()
+            block.hash, block.parent, block.token_ids = None, None, ()
             self.stats["evictions"] += 1
+        block.generation += 1
         block.ref_count = 1
         return block
 
@@ -376,11 +390,11 @@ class BlockAllocator:
             del self.evictable[block_id]
         block.ref_count += 1
 
-    def _cache(self, block: Block, h: int, parent: int | None, tokens: tuple[int, ...]) -> None:
+    def _cache(self, block: Block, h: int, parent: tuple[int, int] | None, tokens: tuple[int, ...]) -> None:
         """Register a full block under its chain hash, unless that hash is already cached."""
         if h in self.hash_to_block_id:
             return
-        block.hash, block.parent_hash, block.token_ids = h, parent, tokens
+        block.hash, block.parent, block.token_ids = h, parent, tokens
         self.hash_to_block_id[h] = block.block_id
 
     def _on_block_full(self, seq: _Seq) -> None:
@@ -391,4 +405,4 @@ class BlockAllocator:
         seq.block_hashes.append(h)
         block = self.blocks[seq.block_table[i]]
         if block.hash is None:
-            self._cache(block, h, parent, tokens)
+            self._cache(block, h, self._parent(seq.block_table, i), tokens)
