@@ -194,3 +194,16 @@ def test_exercise_checkers():
     assert check_cow_count(3, prompt_len=20, block_size=16, n=4)
     assert check_cow_count(0, prompt_len=32, block_size=16, n=4)
     assert not check_cow_count(4)
+
+
+def test_cached_block_is_only_reused_after_its_own_parent(monkeypatch):
+    """A hash that forgets the prefix maps [3, 4] after [1, 2] and after [9, 9] to one key."""
+    monkeypatch.setattr(paging, "block_hash", lambda parent, tokens: hash(tuple(tokens)))
+    a = BlockAllocator(num_blocks=16, block_size=2, enable_prefix_caching=True)
+    a.allocate("A", [1, 2, 3, 4, 0])
+    a.allocate("C", [9, 9, 3, 4, 0])
+    a.allocate("D", [9, 9, 3, 4, 7])  # [9, 9] hits C's block; [3, 4] is cached, but after [1, 2]
+    assert a.num_cached_tokens("D") == 2
+    assert a.block_table("D")[1] not in (a.block_table("A")[1], a.block_table("C")[1])
+    a.allocate("E", [1, 2, 3, 4, 7])
+    assert a.num_cached_tokens("E") == 4 and a.block_table("E")[:2] == a.block_table("A")[:2]
