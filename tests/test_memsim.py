@@ -93,3 +93,11 @@ def test_prefix_sharing_saves_the_system_prompt():
     r = prefix_sharing(num_requests=16, system_prompt_len=256, block_size=16)
     assert r["hit_tokens"] == 15 * 256 and r["memory_saved"] > 0.7
     assert r["blocks_with_caching"] < r["blocks_without_caching"]
+
+
+def test_cli_report(capsys):
+    from inferlab.memsim import main
+
+    assert main(["--num-requests", "60", "--memory-tokens", "8192"]) == 0
+    out = capsys.readouterr().out
+    assert "token states (paper)" in out and "20.4%" in out and "§6.3 beam" in out

@@ -51,6 +51,8 @@ __all__ = [
     "Request",
     "SimResult",
     "block_size_sweep",
+    "compare_allocators",
+    "format_fig2",
     "generate_trace",
     "load_trace",
     "prefix_sharing",
@@ -150,7 +152,7 @@ def load_trace(name_or_path: str | Path) -> list[Request]:
 
 
 def write_default_traces(out_dir: str | Path | None = None) -> list[Path]:
-    """(Re)generate the committed traces: ``python -m inferlab.memsim`` (fixed seeds)."""
+    """(Re)generate the committed traces: ``python -m inferlab.memsim --write-traces`` (fixed seeds)."""
     from inferlab.paths import traces_dir
 
     out = Path(out_dir) if out_dir is not None else traces_dir()
@@ -539,6 +541,45 @@ def prefix_sharing(num_requests: int = 64, system_prompt_len: int = 500, user_le
     }
 
 
+def format_fig2(results: dict[str, SimResult]) -> str:
+    """A text table of :func:`compare_allocators` results beside the paper's Fig. 2 token states."""
+    rows = [("token states (ours)", lambda n, r: f"{100 * r.shares['token_states']:.1f}%"),
+            ("token states (paper)", lambda n, r: f"{100 * PAPER_FIG2_TOKEN_STATES[n]:.1f}%"
+             if n in PAPER_FIG2_TOKEN_STATES else "-"),
+            ("reservation", lambda n, r: f"{100 * r.shares['reservation']:.1f}%"),
+            ("internal fragmentation", lambda n, r: f"{100 * r.shares['internal_fragmentation']:.1f}%"),
+            ("external fragmentation", lambda n, r: f"{100 * r.shares['external_fragmentation']:.1f}%"),
+            ("free", lambda n, r: f"{100 * r.shares['free']:.1f}%"),
+            ("requests running (mean)", lambda n, r: f"{r.mean_concurrent:.1f}"),
+            ("requests running (max)", lambda n, r: str(r.max_concurrent))]
+    lines = [f"{'':24s}" + "".join(f"{n:>13s}" for n in results)]
+    for label, cell in rows:
+        lines.append(f"{label:24s}" + "".join(f"{cell(n, r):>13s}" for n, r in results.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m inferlab.memsim [--write-traces]``: print Fig. 2 and §6.3, ours beside the paper's."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m inferlab.memsim", description=main.__doc__)
+    p.add_argument("--write-traces", action="store_true", help="regenerate data/traces/ (fixed seeds)")
+    p.add_argument("--memory-tokens", type=int, default=16384)
+    p.add_argument("--num-requests", type=int, default=1000)
+    args = p.parse_args(argv)
+    if args.write_traces:
+        for path in write_default_traces():
+            print(f"wrote {path}")
+        return 0
+    results = compare_allocators(load_trace("sharegpt")[: args.num_requests], args.memory_tokens)
+    print(f"Fig. 2 (ShareGPT-like, {args.memory_tokens} KV slots)\n" + format_fig2(results))
+    alpaca = load_trace("alpaca")
+    for mode in ("parallel", "beam"):
+        lo, hi = PAPER_SHARING_SAVINGS_ALPACA[mode]
+        ours = ", ".join(f"n={n}: {100 * sharing_savings(alpaca, mode, n)['saving']:.1f}%" for n in (2, 4, 6))
+        print(f"§6.3 {mode:8s} saving, ours: {ours}; paper: {100 * lo:.1f}%-{100 * hi:.1f}%")
+    return 0
+
+
 if __name__ == "__main__":
-    for p in write_default_traces():
-        print(f"wrote {p}")
+    raise SystemExit(main())

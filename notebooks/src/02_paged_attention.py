@@ -167,17 +167,7 @@ fig2 = memsim.compare_allocators(trace, memory_tokens=MEMORY_TOKENS, block_size=
 
 # %%
 # NBVAL_CHECK_OUTPUT
-rows = [("token states (ours)", lambda n, r: f"{100 * r.shares['token_states']:.1f}%"),
-        ("token states (paper)", lambda n, r: f"{100 * memsim.PAPER_FIG2_TOKEN_STATES[n]:.1f}%"),
-        ("reservation", lambda n, r: f"{100 * r.shares['reservation']:.1f}%"),
-        ("internal fragmentation", lambda n, r: f"{100 * r.shares['internal_fragmentation']:.1f}%"),
-        ("external fragmentation", lambda n, r: f"{100 * r.shares['external_fragmentation']:.1f}%"),
-        ("free", lambda n, r: f"{100 * r.shares['free']:.1f}%"),
-        ("requests running (mean)", lambda n, r: f"{r.mean_concurrent:.1f}"),
-        ("requests running (max)", lambda n, r: str(r.max_concurrent))]
-print(f"{'':24s}" + "".join(f"{n:>13s}" for n in fig2))
-for label, cell in rows:
-    print(f"{label:24s}" + "".join(f"{cell(n, r):>13s}" for n, r in fig2.items()))
+print(memsim.format_fig2(fig2))
 
 # %%
 from inferlab.paging_viz import fig2_figure
