@@ -56,19 +56,38 @@ def defaults(device: str) -> dict[str, Any]:
         return {"model": "llama-3.2-1b", "dtype": "bfloat16", "batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256],
                 "context": 1024, "steps": 24, "prompt_lens": [128, 512, 2048, 8192], "copy_bytes": 1 << 31,
                 "matmul_n": 8192, "generate_tokens": 128}
+    # One CPU thread: the tiny model's matmuls are too small to gain from more, and on a busy
+    # machine (CI, a shared laptop) OpenMP threads waiting on each other make steps 10x slower.
     return {"model": "tiny", "dtype": "float32", "batch_sizes": [1, 2, 4, 8, 16, 32, 64],
             "context": 256, "steps": 10, "prompt_lens": [16, 64, 256, 1024], "copy_bytes": 1 << 27,
-            "matmul_n": 1024, "generate_tokens": 32}
+            "matmul_n": 1024, "generate_tokens": 32, "threads": 1}
 
 
 def run(device: str | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Run the whole benchmark and return the payload (what :func:`main` saves as JSON)."""
-    from inferlab.kvcache import format_bytes
+    """Run the whole benchmark and return the payload (what :func:`main` saves as JSON).
+
+    ``overrides`` replace entries of :func:`defaults` (``threads`` sets torch's CPU threads for
+    the run only)."""
+    import torch
+
     from inferlab.loading import pick_device
 
     device = pick_device(device)
     opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
-    say = print if progress else (lambda *a, **k: None)
+    before = torch.get_num_threads()
+    if opts.get("threads"):
+        torch.set_num_threads(int(opts["threads"]))
+    try:
+        return _run(device, opts, print if progress else (lambda *a, **k: None))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(device: str, opts: dict[str, Any], say) -> dict[str, Any]:
+    import torch
+
+    from inferlab.kvcache import format_bytes
+
     model, cfg = build_model(opts["model"], device, opts["dtype"])
     wdtype = opts["dtype"]
 
@@ -108,7 +127,7 @@ def run(device: str | None = None, progress: bool = True, **overrides: Any) -> d
         "copy_bandwidth": copy, "matmul": mm, "ridge_point": peak / bw,
         "batch1_bound_tokens_per_s": bw / weights, "prefill": prefill, "decode": decode,
         "generate": {**gen, "peer": f"transformers {_version('transformers')} generate, greedy, batch 1"},
-        "options": opts,
+        "options": opts, "cpu_threads": torch.get_num_threads(),
     }
 
 
