@@ -706,3 +706,52 @@ def plain_generate(target, tokenizer, input_ids, max_new_tokens: int = 100, temp
         input_ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
         attention_mask=attention_mask, eos_token_id=eos_token_id,
     )
+
+
+# --------------------------------------------------------------------------- teaching helpers
+
+
+@torch.no_grad()
+def target_next_token_probs(target, input_ids, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """The target's (warped) distribution of the next token after one prompt: what sampling must reproduce."""
+    ids = torch.as_tensor(input_ids).reshape(1, -1).to(next(target.parameters()).device)
+    return warp_probabilities(target(ids).logits[0, -1], temperature, top_p)
+
+
+@torch.no_grad()
+def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int = 4, temperature: float = 1.0,
+                       top_p: float = 1.0, rule=speculative_sampling_step, seed: int = 0) -> torch.Tensor:
+    """The first token emitted by one draft-and-verify round, ``num_samples`` times, in one batch.
+
+    ``rule`` is :func:`speculative_sampling_step` or, to see the bias,
+    :func:`seed_style_speculative_step`. Both models read the prompt once; the caches are
+    then copied ``num_samples`` times, the draft proposes k tokens per copy and the target
+    scores them in one call, so comparing rules costs a few forward passes.
+    """
+    _check_k(k)
+    _check_temperature(temperature, top_p)
+    if temperature == 0:
+        raise ValueError("first_step_samples compares distributions: use temperature > 0")
+    device = next(target.parameters()).device
+    ids = torch.as_tensor(input_ids).reshape(1, -1).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    caches = {}
+    for name, model in (("target", target), ("draft", draft)):
+        caches[name] = _CachedModel(model, 1, device)
+        if ids.shape[1] > 1:
+            caches[name].feed(ids[:, :-1])
+        caches[name].cache.batch_repeat_interleave(num_samples)
+        caches[name].mask = caches[name].mask.expand(num_samples, -1).contiguous()
+        caches[name].next_position = caches[name].next_position.expand(num_samples).contiguous()
+    token = ids[:, -1].expand(num_samples)
+    drafts, probs = [], []
+    for _ in range(k):
+        logits = caches["draft"].feed(token[:, None])[:, -1]
+        token, q = _sample(logits, temperature, top_p, g)
+        drafts.append(token)
+        probs.append(q)
+    drafts_t = torch.stack(drafts, dim=1)
+    last = ids[:, -1].expand(num_samples)[:, None]
+    p = warp_probabilities(caches["target"].feed(torch.cat([last, drafts_t], dim=1)), temperature, top_p)
+    outcome = rule(drafts_t, torch.stack(probs, dim=1), p, g)
+    return torch.where(outcome.num_accepted > 0, drafts_t[:, 0], outcome.next_token)
