@@ -145,6 +145,8 @@ class LLMEngine:
         finished = self._process(plan, logits, now)
         if self.record_trace:
             self._record(plan, kinds, start, now)
+        for seq in finished:
+            self.sequences.pop(seq.request_id, None)
         return [self.make_output(seq) for seq in finished]
 
     def _chunk_inputs(self, plan: SchedulerOutput) -> list[ChunkInput]:

@@ -409,6 +409,20 @@ class ModelRunner:
         dtype = dtype or next(hf_model.parameters()).dtype
         return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device))
 
+    @classmethod
+    def random(cls, config: dict | ModelConfig, device: str, dtype: torch.dtype, block_size: int = 16, num_blocks: int | None = None, seed: int = 0) -> ModelRunner:
+        """A model of this shape with random weights, built on ``device`` in ``dtype`` (for timing)."""
+        config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        torch.manual_seed(seed)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = LlamaFamilyModel(config)
+        finally:
+            torch.set_default_dtype(old)
+        return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device))
+
     # ---- sizes
     @property
     def kv_bytes_per_block(self) -> int:

@@ -1,0 +1,63 @@
+"""Checkers for notebook 03 (continuous batching)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from inferlab.exercises import Check, close_enough, verdict
+
+
+def check_last_token_index(fn: Callable[[list[int], int], list[int]]) -> Check:
+    """Exercise 1: fix the seed batcher's read position.
+
+    ``fn(lengths, width)`` gets the true lengths of right-padded rows and the padded width,
+    and must return, per row, the position whose logits predict that row's next token.
+    """
+    rng = random.Random(0)
+    for _ in range(50):
+        lengths = [rng.randint(1, 30) for _ in range(rng.randint(1, 8))]
+        width = max(lengths) + rng.randint(0, 3)
+        got = list(fn(lengths, width))
+        want = [n - 1 for n in lengths]
+        if got != want:
+            return verdict(False, "", f"for lengths={lengths}, width={width} you returned {got}; "
+                           "the next token is predicted at each row's last *real* token, not at the pad "
+                           "after it (what is the index of a row's last token when it has n tokens?)")
+    return verdict(True, "each row reads its own last real token (length - 1), never a pad: "
+                   "with right padding, logits[:, -1] is only right for the longest row", "")
+
+
+def check_static_waste(answer: float, output_lens: list[int], batch_size: int) -> Check:
+    """Exercise 2: the fraction of decode slot-steps static batching wastes on finished rows."""
+    used = total = 0
+    for i in range(0, len(output_lens), batch_size):
+        batch = output_lens[i:i + batch_size]
+        used += sum(batch)
+        total += len(batch) * max(batch)
+    want = 1 - used / total
+    return verdict(close_enough(answer, want, rel=1e-2),
+                   f"{want:.1%} of the decode slots compute tokens nobody reads: each batch runs as long as "
+                   "its longest request, every row occupying its slot till then",
+                   f"you said {answer:.3f}; count, per batch, len(batch) * max(batch) slot-steps, of which "
+                   "only sum(batch) are useful")
+
+
+def check_min_kv_blocks(answer: int, prompt_len: int, max_tokens: int, block_size: int, max_model_len: int) -> Check:
+    """Exercise 3: the smallest KV pool (in blocks) that can ever run this request alone."""
+    tokens = min(prompt_len + max_tokens, max_model_len)
+    want = -(-tokens // block_size)
+    return verdict(answer == want,
+                   f"{want} blocks: every token the request can ever hold ({tokens}) needs a slot; "
+                   "below that the engine rejects it up front instead of preempting it forever",
+                   f"you said {answer}; the request can grow to min(prompt + max_tokens, max_model_len) "
+                   "tokens, and blocks hold block_size tokens each (round up)")
+
+
+def check_preemption_victim(answer: str, running_in_arrival_order: list[str]) -> Check:
+    """Exercise 4: whom does the scheduler preempt when a decode finds no free block?"""
+    want = running_in_arrival_order[-1]
+    return verdict(answer == want,
+                   f"{want}: the newest running request; it has the least work to redo (recompute) "
+                   "and the oldest requests keep their progress (first come, first served)",
+                   f"you said {answer!r}; vLLM preempts from the back of the running queue")
