@@ -330,6 +330,7 @@ class _CachedModel:
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.calls = 0
         self.seconds = 0.0
+        self.cache_keyword = _cache_keyword(model)
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Run the model on ``tokens`` (B, n) after the cache; returns logits (B, n, V)."""
@@ -347,7 +348,7 @@ class _CachedModel:
             attention_mask=self.mask if holes else None,
             position_ids=positions,
             use_cache=True,
-            **{_cache_keyword(self.model): self.cache},
+            **{self.cache_keyword: self.cache},
         )
         logits = out.logits
         _synchronize(logits.device)
