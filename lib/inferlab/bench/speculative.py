@@ -115,7 +115,8 @@ def measure(target, draft, tok, prompts, k: int, temperature: float, max_new_tok
         for name, fn in table.items():
             total, count = 0.0, 0
             for i, ids in enumerate(prompts):
-                s, (n, out) = _timed(lambda fn=fn, ids=ids, i=i: fn(ids, 1000 * max(rep, 0) + i), device)
+                seed = 1000 * max(rep, 0) + i
+                s, (n, out) = _timed(lambda fn=fn, ids=ids, seed=seed: fn(ids, seed), device)
                 total, count = total + s, count + n
                 if out is not None and rep == reps - 1:
                     stats[name].append(out)
