@@ -217,6 +217,26 @@ for gpu in GPUS:
     print(f"{gpu:<12} {format_bytes(mem, 'GiB'):>11}  {fits[0]:>15} {fits[1]:>15} {fits[2]:>14}")
 
 # %% [markdown]
+# Two more knobs, per token of Llama-3-70B (80 layers, 8 K/V heads of 128): the cache's dtype
+# (with the scale overhead of our convention) and the tensor-parallel degree (bytes on each GPU).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("KV dtype   per token     vs fp16")
+for d in ["float32", "float16", "fp8", "int8", "int4"]:
+    b = kv_bytes_per_token("llama-3-70b", d)
+    print(f"{d:<8} {format_bytes(b, 'KiB'):>11}   {b / kv_bytes_per_token('llama-3-70b', 'float16'):6.3f}x")
+print("\nTP  K/V heads per GPU  per token per GPU")
+for tp in [1, 2, 4, 8, 16]:
+    b = kv_bytes_per_token("llama-3-70b", "float16", tp_size=tp)
+    print(f"{tp:>2}  {-(-8 // tp):>17}  {format_bytes(b, 'KiB'):>17}")
+
+# %% [markdown]
+# int8 costs 2 bytes of scale per 128 numbers (1.6% over fp8); int4 stores a scale and a zero
+# point per 64 numbers, so it saves 72%, not 75%. Past TP = 8 each GPU still holds one whole
+# K/V head: the cache per GPU stops shrinking while the weights keep being split.
+
+# %% [markdown]
 # These are full-length reservations: a server that reserves 8,192 slots per request fits
 # this many. Real requests are shorter and of unknown length; notebook 02 shows how paging
 # (vLLM) stops reserving what a request has not yet used.
@@ -311,7 +331,8 @@ decode_batch_figure(runs).show()
 #   transformers `generate` makes about 70. Each step launches hundreds of small kernels from
 #   Python; at batch 1 that launch overhead, not memory, is the wall. Batching amortizes it
 #   (throughput climbs almost linearly with batch), and CUDA graphs and fused kernels, as in
-#   vLLM, remove most of it.
+#   vLLM, remove most of it. At large batches another cost appears that the bound leaves out:
+#   transformers' `DynamicCache` grows by concatenation, so every step also copies the cache.
 # - On a CPU with the tiny model everything is small enough to sit in caches and the Python
 #   overhead of each step dominates, so the measured points sit far under the line too.
 #
