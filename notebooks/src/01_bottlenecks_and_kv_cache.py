@@ -333,8 +333,11 @@ decode_batch_figure(runs).show()
 #   (throughput climbs almost linearly with batch), and CUDA graphs and fused kernels, as in
 #   vLLM, remove most of it. At large batches another cost appears that the bound leaves out:
 #   transformers' `DynamicCache` grows by concatenation, so every step also copies the cache.
-# - On a CPU with the tiny model everything is small enough to sit in caches and the Python
-#   overhead of each step dominates, so the measured points sit far under the line too.
+# - A CPU has a low ridge (a few FLOP per byte: modest arithmetic, decent bandwidth), so the tiny
+#   model's decode crosses it after a handful of sequences and its bound turns into a compute
+#   bound (the flat part of the dashed line). Its 27 MB of fp32 weights are small and each step
+#   runs dozens of tiny PyTorch operations, so per-step Python overhead dominates at small
+#   batches and the measured points sit far under the roof here too.
 #
 # | what is often said | what we measured |
 # | --- | --- |
