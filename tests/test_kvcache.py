@@ -238,6 +238,14 @@ def test_bad_lengths(seq_len, batch):
         kv_cache_bytes("tiny", seq_len, batch)
 
 
+def test_numpy_integers_are_accepted():
+    import numpy as np
+
+    assert kv_cache_bytes("tiny", np.int64(10), np.int32(2)) == kv_cache_bytes("tiny", 10, 2)
+    with pytest.raises(ValueError):
+        kv_cache_bytes("tiny", True)
+
+
 def test_unknown_dtype_lists_accepted():
     with pytest.raises(ValueError, match="int4") as err:
         kv_bytes_per_token("tiny", "fp7")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,9 +288,14 @@ def kv_bytes_per_token(config: Any, dtype: Any = "float16", tp_size: int = 1,
 
 
 def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` as an int when it is a whole number >= 1 (numpy integers too), else ValueError."""
+    try:
+        number = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        number = None
+    if number is None or number <= 0:
         raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
-    return value
+    return number
 
 
 def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: Any = "float16",
@@ -299,8 +305,8 @@ def kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: Any = 
     Each layer counts ``min(seq_len, window)`` tokens when it has a sliding window.
     The original LLaMA-7B at 2048 tokens in fp16 needs exactly 2**30 B = 1 GiB (1.07 GB).
     """
-    _check_positive("seq_len", seq_len)
-    _check_positive("batch_size", batch_size)
+    seq_len = _check_positive("seq_len", seq_len)
+    batch_size = _check_positive("batch_size", batch_size)
     shape = config if isinstance(config, ModelShape) else model_shape(config)
     per_layer = layer_bytes_per_token(shape, dtype, tp_size, mla_cache)
     tokens = sum(seq_len if w is None else min(seq_len, w) for w in shape.windows)
