@@ -50,8 +50,8 @@ def setup(device: str) -> tuple[ModelRunner, Any, Any, dict]:
 
         config = as_dict("llama-3.2-1b")
         peer, _ = build_model(config, device, "bfloat16")
-        runner = ModelRunner.from_hf_model(peer, device, torch.bfloat16, block_size=16,
-                                           num_blocks=_gpu_blocks(peer))
+        # Random weights of the same shape, built on the GPU (timing does not depend on values).
+        runner = ModelRunner.random(config, device, torch.bfloat16, block_size=16, num_blocks=_gpu_blocks(peer))
         return runner, NullTokenizer(), peer, GPU_SIZES
     peer, _ = build_model("tiny", device, "float32")
     runner = ModelRunner.from_hf_model(peer, device, torch.float32, block_size=16, num_blocks=2048)
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                                "workload": {k: v for k, v in sizes.items() if k != "rates"}, "offline": offline(runner, tok, peer, sizes, requests)}
     off = payload["offline"]
     payload["speedup_continuous_over_static"] = round(off["continuous"]["throughput_tok_s"] / off["static"]["throughput_tok_s"], 3)
+    path = save_result("batching", payload, args.out)  # saved now in case the sweep is cut short
     if not args.no_online:
         payload["online"] = online(runner, tok, sizes, vocab)
-    path = save_result("batching", payload, args.out)
+        path = save_result("batching", payload, args.out)
     print(f"wrote {path}")
     return 0

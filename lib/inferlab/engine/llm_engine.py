@@ -56,10 +56,15 @@ class LLMEngine:
         enable_chunked_prefill: bool = True,
         policy: str = "continuous",
         record_trace: bool = True,
+        num_blocks: int | None = None,
     ):
+        """``num_blocks``: use only this many of the runner's KV blocks (to study a small pool)."""
         self.runner, self.tokenizer = runner, tokenizer
         self.config = runner.config
-        self.block_manager = BlockManager(runner.num_blocks, runner.block_size, enable_prefix_caching, runner.copy_block)
+        if num_blocks is not None and not 0 < num_blocks <= runner.num_blocks:
+            raise ValueError(f"num_blocks must be in [1, {runner.num_blocks}], got {num_blocks!r}")
+        pool = num_blocks or runner.num_blocks
+        self.block_manager = BlockManager(pool, runner.block_size, enable_prefix_caching, runner.copy_block)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy)
         self.max_model_len = runner.config.max_model_len
         self.eos_token_ids = set(runner.config.eos_token_ids)
@@ -173,19 +178,19 @@ class LLMEngine:
                 sampling.append(seq)
         if not sampling:
             return []
-        tokens, logprobs = sample(logits, sampling)
+        tokens, chosen, logprobs = sample(logits, sampling)
         finished = []
-        for row, (seq, token) in enumerate(zip(sampling, tokens, strict=True)):
-            finished += self._append(seq, token, logprobs[row], now)
+        for row, seq in enumerate(sampling):
+            finished += self._append(seq, tokens[row], chosen[row], logprobs[row], now)
         return finished
 
-    def _append(self, seq: Sequence, token: int, logprobs: torch.Tensor, now: float) -> list[Sequence]:
+    def _append(self, seq: Sequence, token: int, logprob: float, logprobs: torch.Tensor, now: float) -> list[Sequence]:
         seq.append_token(token)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
-        seq.cumulative_logprob += float(logprobs[token])
+        seq.cumulative_logprob += logprob
         if seq.logprobs is not None:
-            seq.logprobs.append(_top_logprobs(logprobs, token, seq.params.logprobs))
+            seq.logprobs.append(_top_logprobs(logprobs, token, logprob, seq.params.logprobs))
         reason = self._stop_reason(seq)
         return self._finish(seq, reason) if reason else []
 
@@ -258,10 +263,10 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-def _top_logprobs(logprobs: torch.Tensor, token: int, k: int) -> dict[int, float]:
+def _top_logprobs(logprobs: torch.Tensor, token: int, logprob: float, k: int) -> dict[int, float]:
     top = {}
     if k:
         values, ids = logprobs.topk(k)
-        top = {int(i): float(v) for i, v in zip(ids, values, strict=True)}
-    top[token] = float(logprobs[token])
+        top = dict(zip(ids.tolist(), values.tolist(), strict=True))
+    top[token] = logprob
     return top

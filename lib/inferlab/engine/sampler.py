@@ -28,21 +28,22 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], torch.Tensor]:
-    """One token per row; also returns the rows' log-probabilities ``[rows, vocab]`` (fp32).
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float], torch.Tensor]:
+    """One token per row, its log-probability, and the rows' log-probabilities ``[rows, vocab]``.
 
     Log-probabilities are those of the model's distribution (before temperature and
-    filtering), as vLLM returns by default.
+    filtering), as vLLM returns by default. Tokens and their log-probabilities cross to
+    the host in one transfer each, not one per row.
     """
     logits = logits.float()
     logprobs = logits.log_softmax(dim=-1)
-    tokens = logits.argmax(dim=-1).tolist()
+    tokens = logits.argmax(dim=-1)
     rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if rows:
         drawn = _sample_rows(logits[rows], [seqs[i] for i in rows])
-        for i, token in zip(rows, drawn, strict=True):
-            tokens[i] = token
-    return tokens, logprobs
+        tokens[torch.tensor(rows, device=tokens.device)] = torch.tensor(drawn, device=tokens.device)
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+    return tokens.tolist(), chosen.tolist(), logprobs
 
 
 def _sample_rows(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:

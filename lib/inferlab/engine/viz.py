@@ -18,39 +18,56 @@ from inferlab.viz import PALETTE
 COLORS = {"prefill": PALETTE[1], "decode": PALETTE[0], "padding": "#BBBBBB", "preempted": PALETTE[3]}
 
 
-def assign_slots(trace: Sequence[StepRecord]) -> dict[str, int]:
-    """Give each request the lowest slot free during its whole span (first to last step it ran)."""
-    spans: dict[str, list[int]] = {}
+def _runs(trace: Sequence[StepRecord]) -> list[list]:
+    """Stretches of consecutive steps in which a request ran: [rid, first step, last step]."""
+    last: dict[str, list] = {}
+    runs = []
     for rec in trace:
         for rid, _, _ in rec.entries:
-            spans.setdefault(rid, [rec.step, rec.step])[1] = rec.step
-    slots: dict[str, int] = {}
+            run = last.get(rid)
+            if run and run[2] == rec.step - 1:
+                run[2] = rec.step
+            elif not run or run[2] != rec.step:
+                run = [rid, rec.step, rec.step]
+                last[rid] = run
+                runs.append(run)
+    return runs
+
+
+def assign_slots(trace: Sequence[StepRecord]) -> dict[tuple[str, int], int]:
+    """Give each stretch of a request (it may be preempted and resume) the lowest free slot.
+
+    Returns ``{(request id, step): slot}`` for every step the request ran.
+    """
     busy_until: list[int] = []
-    for rid, (first, last) in sorted(spans.items(), key=lambda kv: kv[1][0]):
+    slots: dict[tuple[str, int], int] = {}
+    for rid, first, last in sorted(_runs(trace), key=lambda r: r[1]):
         slot = next((i for i, end in enumerate(busy_until) if end < first), len(busy_until))
         if slot == len(busy_until):
             busy_until.append(last)
         busy_until[slot] = last
-        slots[rid] = slot
+        for step in range(first, last + 1):
+            slots[(rid, step)] = slot
     return slots
 
 
-def _segments(trace: Sequence[StepRecord], x: str):
-    """Merge consecutive steps of one request and one kind into bars: (rid, kind, start, end)."""
+def _segments(trace: Sequence[StepRecord], x: str, slots: dict):
+    """Merge consecutive steps of one request, kind and slot into bars: (rid, kind, slot, begin, end)."""
     open_bars: dict[str, list] = {}
     bars = []
     t0 = trace[0].start if trace else 0.0
     for rec in trace:
         begin, end = (rec.start - t0, rec.end - t0) if x == "time" else (rec.step, rec.step + 1)
         for rid, kind, _ in rec.entries:
+            slot = slots[(rid, rec.step)]
             bar = open_bars.get(rid)
-            if bar and bar[1] == kind and bar[4] == rec.step - 1:
-                bar[3], bar[4] = end, rec.step
+            if bar and bar[1] == kind and bar[2] == slot and bar[5] == rec.step - 1:
+                bar[4], bar[5] = end, rec.step
             else:
-                bar = [rid, kind, begin, end, rec.step]
+                bar = [rid, kind, slot, begin, end, rec.step]
                 open_bars[rid] = bar
                 bars.append(bar)
-    return [tuple(b[:4]) for b in bars]
+    return [tuple(b[:5]) for b in bars]
 
 
 def slot_gantt(trace: Sequence[StepRecord], title: str = "", x: str = "time", height: int = 320):
@@ -58,13 +75,14 @@ def slot_gantt(trace: Sequence[StepRecord], title: str = "", x: str = "time", he
     import plotly.graph_objects as go
 
     slots = assign_slots(trace)
+    bars = _segments(trace, x, slots)
     fig = go.Figure()
     for kind in ("prefill", "decode", "padding"):
-        bars = [b for b in _segments(trace, x) if b[1] == kind]
-        if bars:
+        mine = [b for b in bars if b[1] == kind]
+        if mine:
             fig.add_trace(go.Bar(
-                y=[slots[b[0]] for b in bars], x=[b[3] - b[2] for b in bars], base=[b[2] for b in bars],
-                orientation="h", name=kind, marker_color=COLORS[kind], hovertext=[b[0] for b in bars],
+                y=[b[2] for b in mine], x=[b[4] - b[3] for b in mine], base=[b[3] for b in mine],
+                orientation="h", name=kind, marker_color=COLORS[kind], hovertext=[b[0] for b in mine],
                 hovertemplate="%{hovertext}<extra>" + kind + "</extra>",
             ))
     _mark_preemptions(fig, trace, slots, x)
@@ -80,11 +98,14 @@ def _mark_preemptions(fig, trace, slots, x: str) -> None:
 
     t0 = trace[0].start if trace else 0.0
     xs, ys, names = [], [], []
+    last_slot = {rid: slot for (rid, _), slot in sorted(slots.items(), key=lambda kv: kv[0][1])}
     for rec in trace:
         for rid in rec.preempted:
-            if rid in slots:
+            before = [slots[(rid, s)] for s in range(rec.step - 1, -1, -1) if (rid, s) in slots][:1]
+            slot = before[0] if before else last_slot.get(rid)
+            if slot is not None:
                 xs.append(rec.start - t0 if x == "time" else rec.step)
-                ys.append(slots[rid])
+                ys.append(slot)
                 names.append(rid)
     if xs:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="preempted", hovertext=names,
