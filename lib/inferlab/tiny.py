@@ -596,8 +596,8 @@ def model_card(report: dict) -> str:
         f"The `.py` files of the Python {c['python']} standard library ({c['files']} files, sha256 `{c['sha256'][:16]}…`),",
         f"excluding {', '.join(sorted(EXCLUDED_DIRS))} and files over {MAX_FILE_BYTES // 1000} kB.",
         f"Held out for evaluation (never seen by tokenizer or models): {', '.join(c['heldout_modules'])}",
-        f"Validation (used only to keep the best checkpoint): {', '.join(c['validation_modules'])}.",
         f"({c['heldout_files']} files, {c['heldout_tokens']:,} tokens). Training: {c['train_files']} files, {c['train_tokens']:,} tokens.",
+        f"Validation (used only to keep the best checkpoint): {', '.join(c['validation_modules'])}.",
         "",
         "## Training",
         "",
@@ -608,7 +608,14 @@ def model_card(report: dict) -> str:
         f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy,",
         f"on batches half standard-library code, half text the target wrote itself ({report['onpolicy']['tokens']:,} tokens sampled at temperature {report['onpolicy']['temperature']}).",
         f"Total wall time including tokenizer and evaluation: {report['total_seconds']:.0f} s on {report['date']}.",
-        "Reproduce: `python -m inferlab.tiny train --out data/models`.",
+        "Reproduce: `python -m inferlab.tiny train --out data/models --stdlib PATH/TO/python3.11`.",
+    ]
+    if report.get("target_reused_from"):
+        lines += [
+            "The shipped target comes from a first run of that recipe; the draft from a second run",
+            "(`--reuse-target data/models/tiny`) that distilled it from the shipped target; wall time above is the second run's.",
+        ]
+    lines += [
         "",
         "## Speculative decoding: how useful is the draft?",
         "",
