@@ -100,8 +100,10 @@ def test_bench_main_writes_json(tmp_path):
                                    "cpu", "bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
     assert sum(p.numel() for p in model.parameters()) == param_count(raw)
-    assert bench.main(["--device", "cpu", "--quick", "--batch-sizes", "1", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--device", "cpu", "--quick", "--batch-sizes", "1", "--static-generate",
+                       "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "roofline-cpu.json").read_text())
     assert data["benchmark"] == "roofline" and data["decode"][0]["bound_tokens_per_s"] > 0
     assert [r["batch_size"] for r in data["decode"]] == [1]
     assert data["weight_bytes_per_step"] == param_count("tiny") * 4
+    assert data["generate_static"].get("new_tokens") == 2, data["generate_static"]

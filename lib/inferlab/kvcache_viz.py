@@ -184,10 +184,12 @@ def decode_batch_figure(results: dict[str, dict[str, Any] | None]):
                         mode="lines+markers", line_color=PALETTE[0], row=1, col=col)
         fig.add_scatter(x=b, y=[r["bound_tokens_per_s"] for r in res["decode"]], name=f"{label}: bound (bytes / bandwidth)",
                         mode="lines", line=dict(color=PALETTE[1], dash="dash"), row=1, col=col)
-        gen = res.get("generate")
-        if gen:
-            fig.add_scatter(x=[1], y=[gen["tokens_per_s"]], name=f"{label}: transformers generate", mode="markers",
-                            marker=dict(color=PALETTE[3], size=12, symbol="star"), row=1, col=col)
+        for key, name, color in (("generate", "transformers generate", PALETTE[3]),
+                                 ("generate_static", "generate, static cache (compiled on GPU)", PALETTE[4])):
+            gen = res.get(key) or {}
+            if "tokens_per_s" in gen:
+                fig.add_scatter(x=[1], y=[gen["tokens_per_s"]], name=f"{label}: {name}", mode="markers",
+                                marker=dict(color=color, size=12, symbol="star"), row=1, col=col)
         fig.update_xaxes(type="log", title_text="batch size", row=1, col=col)
         fig.update_yaxes(type="log", title_text="tokens / s", row=1, col=col)
     fig.update_layout(title="Decode throughput vs batch size", height=450)
@@ -203,6 +205,9 @@ def roofline_text(res: dict[str, Any], label: str) -> str:
              f"  batch-1 decode bound {res['batch1_bound_tokens_per_s']:,.0f} tok/s; "
              f"measured {res['decode'][0]['tokens_per_s']:,.0f} tok/s; transformers generate "
              f"{res['generate']['tokens_per_s']:,.1f} tok/s"]
+    static = res.get("generate_static") or {}
+    if "tokens_per_s" in static:
+        lines.append(f"  transformers generate with a static cache ({static['peer']}): {static['tokens_per_s']:,.1f} tok/s")
     best = max(res["decode"], key=lambda r: r["tokens_per_s"])
     lines.append(f"  best decode: batch {best['batch_size']} at {best['tokens_per_s']:,.0f} tok/s "
                  f"({best['achieved_bytes_per_s'] / bw:.0%} of copy bandwidth)")

@@ -331,7 +331,9 @@ decode_batch_figure(runs).show()
 #   transformers `generate` makes about 70. Each step launches hundreds of small kernels from
 #   Python; at batch 1 that launch overhead, not memory, is the wall. Batching amortizes it
 #   (throughput climbs almost linearly with batch), and CUDA graphs and fused kernels, as in
-#   vLLM, remove most of it. At large batches another cost appears that the bound leaves out:
+#   vLLM, remove most of it. The recorded run also times `generate` with a static cache, which
+#   transformers compiles into CUDA graphs on a GPU (the second star): the distance between the
+#   two stars is launch overhead, not memory traffic. At large batches another cost appears that the bound leaves out:
 #   transformers' `DynamicCache` grows by concatenation, so every step also copies the cache.
 # - A CPU has a low ridge (a few FLOP per byte: modest arithmetic, decent bandwidth), so the tiny
 #   model's decode crosses it after a handful of sequences and its bound turns into a compute

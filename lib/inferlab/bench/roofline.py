@@ -63,11 +63,12 @@ def defaults(device: str) -> dict[str, Any]:
             "matmul_n": 1024, "generate_tokens": 32, "threads": 1}
 
 
-def run(device: str | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+def run(device: str | None = None, progress: bool = True, checkpoint=None, **overrides: Any) -> dict[str, Any]:
     """Run the whole benchmark and return the payload (what :func:`main` saves as JSON).
 
     ``overrides`` replace entries of :func:`defaults` (``threads`` sets torch's CPU threads for
-    the run only)."""
+    the run only; ``static_generate=True`` adds transformers ``generate`` with a static cache,
+    compiled on CUDA). ``checkpoint(payload)`` is called before that slow, optional step."""
     import torch
 
     from inferlab.loading import pick_device
@@ -78,12 +79,12 @@ def run(device: str | None = None, progress: bool = True, **overrides: Any) -> d
     if opts.get("threads"):
         torch.set_num_threads(int(opts["threads"]))
     try:
-        return _run(device, opts, print if progress else (lambda *a, **k: None))
+        return _run(device, opts, print if progress else (lambda *a, **k: None), checkpoint)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(device: str, opts: dict[str, Any], say) -> dict[str, Any]:
+def _run(device: str, opts: dict[str, Any], say, checkpoint=None) -> dict[str, Any]:
     import torch
 
     from inferlab.kvcache import format_bytes
@@ -120,7 +121,7 @@ def _run(device: str, opts: dict[str, Any], say) -> dict[str, Any]:
     weights = rl.weights_read_per_step(cfg) * rl.weight_bytes_per_param(wdtype)
     say(f"transformers generate, batch 1: {gen['tokens_per_s']:,.1f} tok/s; weights {format_bytes(weights, 'GB')}, "
         f"batch-1 bound {bw / weights:,.0f} tok/s")
-    return {
+    payload = {
         "model": str(cfg.get("name") or opts["model"]) if isinstance(opts["model"], dict) else opts["model"],
         "dtype": wdtype, "device": device, "random_weights": opts["model"] not in ("tiny", "tiny-draft"),
         "params": rl.param_count(cfg), "weight_bytes_per_step": weights,
@@ -129,6 +130,19 @@ def _run(device: str, opts: dict[str, Any], say) -> dict[str, Any]:
         "generate": {**gen, "peer": f"transformers {_version('transformers')} generate, greedy, batch 1"},
         "options": opts, "cpu_threads": torch.get_num_threads(),
     }
+    if opts.get("static_generate"):
+        if checkpoint:
+            checkpoint(payload)
+        try:  # compiling can fail on some stacks; the rest of the run still counts
+            static = rl.measure_generate(model, prompt_len=min(128, opts["context"]),
+                                         new_tokens=opts["generate_tokens"], cache_implementation="static", warmup=2)
+            payload["generate_static"] = {**static, "peer": "transformers generate, static cache"
+                                          + (" + torch.compile (auto)" if device.startswith("cuda") else "")}
+            say(f"transformers generate, static cache, batch 1: {static['tokens_per_s']:,.1f} tok/s")
+        except Exception as err:  # noqa: BLE001
+            payload["generate_static"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            say(f"static-cache generate failed: {payload['generate_static']['error']}")
+    return payload
 
 
 def _version(pkg: str) -> str:
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=None, help="tokens in the cache during decode")
     parser.add_argument("--steps", type=int, default=None, help="timed decode steps per batch size")
     parser.add_argument("--prompt-lens", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--static-generate", action="store_true",
+                        help="also time generate with a static cache (compiled on CUDA; slow to warm up)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
     parser.add_argument("--out", default=None, help="folder for the JSON (default data/results)")
     args = parser.parse_args(argv)
@@ -156,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     quick = {"batch_sizes": [1, 2], "context": 8, "steps": 2, "prompt_lens": [8], "copy_bytes": 1 << 20,
              "matmul_n": 64, "generate_tokens": 2} if args.quick else {}
     given = {"model": args.model, "batch_sizes": args.batch_sizes, "context": args.context, "steps": args.steps,
-             "prompt_lens": args.prompt_lens}
-    payload = run(args.device, **{**quick, **{k: v for k, v in given.items() if v is not None}})
+             "prompt_lens": args.prompt_lens, "static_generate": args.static_generate or None}
+
+    def checkpoint(partial):
+        print(f"wrote {save_result('roofline', partial, out_dir=args.out)} (before the static-cache step)")
+
+    payload = run(args.device, checkpoint=checkpoint, **{**quick, **{k: v for k, v in given.items() if v is not None}})
     path = save_result("roofline", payload, out_dir=args.out)
     print(f"wrote {path}")
     return 0
