@@ -1,0 +1,69 @@
+"""Drawings for notebook 05: generated text colored by provenance, distributions side by side."""
+
+from __future__ import annotations
+
+import html
+
+import torch
+
+from inferlab.speculative import ACCEPTED, BONUS, RESAMPLED, SpeculativeOutput
+
+COLORS = {ACCEPTED: "#b7e4b0", RESAMPLED: "#f7b7a3", BONUS: "#a9c8f0", "prompt": "#eeeeee"}
+LABELS = {ACCEPTED: "draft token, accepted", RESAMPLED: "target token after a rejection",
+          BONUS: "bonus token (all drafts accepted)", "prompt": "prompt"}
+
+
+def _span(text: str, kind: str) -> str:
+    return (f'<span title="{LABELS[kind]}" style="background:{COLORS[kind]};border-radius:2px;'
+            f'padding:0 1px;margin:0 0.5px">{html.escape(text)}</span>')
+
+
+def provenance_html(tokenizer, output: SpeculativeOutput, row: int = 0, show_prompt: bool = True) -> str:
+    """HTML of one row: the prompt in gray, then every new token on the color of where it came from."""
+    prompt = output.sequences[row][: len(output.sequences[row]) - len(output.new_tokens[row])]
+    parts = [_span(tokenizer.decode(prompt), "prompt")] if show_prompt else []
+    parts += [_span(tokenizer.decode([t]), kind) for t, kind in zip(output.new_tokens[row], output.provenance[row],
+                                                                     strict=True)]
+    legend = " ".join(_span(LABELS[k], k) for k in (ACCEPTED, RESAMPLED, BONUS))
+    return (f'<div style="font-family:monospace;font-size:12px;line-height:1.6">{legend}</div>'
+            f'<div style="font-family:monospace;font-size:12px;white-space:pre-wrap;line-height:1.6;'
+            f'border:1px solid #ddd;padding:6px">{"".join(parts)}</div>')
+
+
+def provenance_text(output: SpeculativeOutput, row: int = 0) -> str:
+    """The same provenance as letters (a = accepted, r = resampled, b = bonus), for plain-text outputs."""
+    letter = {ACCEPTED: "a", RESAMPLED: "r", BONUS: "b"}
+    return "".join(letter[k] for k in output.provenance[row])
+
+
+def show_provenance(tokenizer, output: SpeculativeOutput, row: int = 0) -> None:
+    """Display the colored HTML in a notebook (falls back to printing the letters)."""
+    try:
+        from IPython.display import HTML, display
+
+        display(HTML(provenance_html(tokenizer, output, row)))
+    except ImportError:  # pragma: no cover
+        print(provenance_text(output, row))
+
+
+def distribution_figure(tokenizer, target_probs: torch.Tensor, samples: dict[str, torch.Tensor], top: int = 12):
+    """Plotly bars: the target's probabilities of its ``top`` likeliest tokens vs each sampler's frequencies."""
+    import plotly.graph_objects as go
+
+    from inferlab.viz import PALETTE
+
+    order = target_probs.argsort(descending=True)[:top]
+    names = [repr(tokenizer.decode([int(t)])) for t in order]
+    fig = go.Figure(go.Bar(name="target p (exact)", x=names, y=target_probs[order].tolist(), marker_color="#444"))
+    for i, (label, tokens) in enumerate(samples.items()):
+        freq = torch.bincount(tokens, minlength=target_probs.numel()).double() / len(tokens)
+        fig.add_bar(name=label, x=names, y=freq[order].tolist(), marker_color=PALETTE[i % len(PALETTE)])
+    fig.update_layout(barmode="group", height=360, yaxis_title="probability", xaxis_title="first generated token",
+                      title="First-token distribution: exact target vs samplers")
+    return fig
+
+
+def total_variation(target_probs: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Half the L1 distance between the target's distribution and the samples' frequencies."""
+    freq = torch.bincount(tokens, minlength=target_probs.numel()).double() / len(tokens)
+    return 0.5 * float((freq - target_probs.double()).abs().sum())
