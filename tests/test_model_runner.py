@@ -103,3 +103,13 @@ def test_llama3_rope_frequencies_match_transformers():
 def test_unsupported_family_is_a_clear_error():
     with pytest.raises(ValueError, match="model_type 'gpt2'"):
         ModelConfig.from_dict({"model_type": "gpt2"})
+
+
+def test_loads_a_saved_sharded_checkpoint(tmp_path):
+    """A hub-style folder (config.json + sharded safetensors + index) of another family loads too."""
+    model = _random_model("qwen2", tie_word_embeddings=False)
+    model.save_pretrained(tmp_path, max_shard_size="100KB", safe_serialization=True)
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    runner = ModelRunner.from_pretrained(tmp_path, "cpu", torch.float32, block_size=8, num_blocks=8)
+    ids = list(range(3, 40))
+    assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4

@@ -142,6 +142,8 @@ class LLMEngine:
         start = time.perf_counter()
         plan = self.scheduler.schedule()
         if plan.is_empty:
+            if self.scheduler.has_unfinished() and not plan.preempted:
+                raise RuntimeError("the scheduler could not run any waiting request (pool too small?)")
             return []
         kinds = [c.kind for c in plan.chunks]  # before processing turns prefills into decodes
         chunks = self._chunk_inputs(plan)
