@@ -78,3 +78,17 @@ def test_seed_style_batcher_reads_pad_logits():
     wrong, good = seed.run(), right.run()
     assert wrong["long"] == good["long"]  # the longest row reads its own last position
     assert wrong["short"] != good["short"]  # the short row reads a pad position
+
+
+def test_seed_vllm_inference_counterpart_works():
+    from inferlab.engine import VLLMInference
+
+    vi = VLLMInference("tiny", device="cpu", dtype="float32")
+    assert vi.model_name == "tiny"  # the seed read this attribute without ever setting it
+    out = vi.generate(["def f(x):"], max_tokens=6, temperature=0.0)
+    assert out[0]["prompt"] == "def f(x):" and out[0]["tokens"] == 6
+    assert "".join(vi.streaming_generate("def f(x):", max_tokens=6, temperature=0.0)) == out[0]["generated"]
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VLLMInference("tiny", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        LLM("tiny", trust_remote_code=True)

@@ -38,7 +38,8 @@ def resolve_checkpoint(model: str) -> Path:
 
 
 def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None = None, dtype: Any = None,
-                 block_size: int = 16, num_kv_blocks: int | None = None, **engine_kwargs: Any) -> LLMEngine:
+                 block_size: int = 16, num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
+                 **engine_kwargs: Any) -> LLMEngine:
     """An :class:`LLMEngine` for a name/path/hub id, or for an already loaded transformers model."""
     from inferlab.loading import pick_device, pick_dtype
 
@@ -46,10 +47,13 @@ def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None 
         raise ValueError(f"block_size must be positive, got {block_size!r}")
     if num_kv_blocks is not None and num_kv_blocks <= 0:
         raise ValueError(f"num_kv_blocks must be positive, got {num_kv_blocks!r}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    pool = {"max_num_seqs": engine_kwargs.get("max_num_seqs", 64), "gpu_memory_utilization": gpu_memory_utilization}
     if isinstance(model, (str, Path)):
         path = resolve_checkpoint(str(model))
         device = pick_device(device)
-        runner = ModelRunner.from_pretrained(path, device, pick_dtype(device, dtype), block_size, num_kv_blocks)
+        runner = ModelRunner.from_pretrained(path, device, pick_dtype(device, dtype), block_size, num_kv_blocks, **pool)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -58,7 +62,7 @@ def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None 
         if tokenizer is None:
             raise ValueError("tokenizer is required when model is a loaded model object")
         dtype = pick_dtype(device or "cpu", dtype) if dtype is not None else None
-        runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks)
+        runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks, **pool)
     return LLMEngine(runner, tokenizer, **engine_kwargs)
 
 
@@ -85,7 +89,11 @@ class LLM:
         enable_prefix_caching: bool = False,
         enable_chunked_prefill: bool = True,
         policy: str = "continuous",
+        gpu_memory_utilization: float = 0.9,
+        trust_remote_code: bool = False,
     ):
+        if trust_remote_code:
+            raise ValueError("trust_remote_code=True is not supported: the engine runs its own model code")
         if max_num_seqs <= 0:
             raise ValueError(f"max_num_seqs must be positive, got {max_num_seqs!r}")
         if max_num_batched_tokens <= 0:
@@ -94,7 +102,7 @@ class LLM:
             model, tokenizer, device, dtype, block_size, num_kv_blocks,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
-            policy=policy,
+            policy=policy, gpu_memory_utilization=gpu_memory_utilization,
         )
         self.tokenizer = self.engine.tokenizer
 
@@ -102,7 +110,8 @@ class LLM:
         return self.tokenizer
 
     # ---------------------------------------------------------------- generate
-    def generate(self, prompts: str | Sequence[str] | Sequence[list[int]], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+    def generate(self, prompts: str | Sequence[str] | Sequence[list[int]], sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the prompts' order.
 
         Invalid input (empty prompt, bad parameter, prompt longer than the context) raises
@@ -113,9 +122,14 @@ class LLM:
         params = _per_prompt(sampling_params, len(prompts))
         ids, rejected = self._add_all(prompts, params)
         done: dict[str, RequestOutput] = {}
+        bar = _progress(use_tqdm, len(ids) - len(rejected))
         while self.engine.has_unfinished_requests():
             for out in self.engine.step():
                 done[out.request_id] = out
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
         return [rejected[i] if i in rejected else done[rid] for i, rid in enumerate(ids)]
 
     def _add_all(self, prompts, params) -> tuple[list[str | None], dict[int, RequestOutput]]:
@@ -185,6 +199,14 @@ class IncrementalDetokenizer:
             return ""
         delta, self.sent = final_text[len(self.sent):], final_text
         return delta
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req")
 
 
 def _is_token_list(prompts: Any) -> bool:

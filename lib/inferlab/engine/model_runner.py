@@ -392,22 +392,25 @@ class ModelRunner:
 
     # ---- construction
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str, dtype: torch.dtype, block_size: int, num_blocks: int | None = None, kv_cache_bytes: int | None = None) -> ModelRunner:
+    def from_pretrained(cls, path: str | Path, device: str, dtype: torch.dtype, block_size: int, num_blocks: int | None = None, **pool: Any) -> ModelRunner:
+        """Load a Hugging Face folder; ``pool``: keyword arguments of :func:`default_num_blocks`."""
         path = Path(path)
         config = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
         model = LlamaFamilyModel(config)
         load_hf_weights(model, read_safetensors(path))
-        return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device, kv_cache_bytes))
+        model = model.to(device=device, dtype=dtype)  # weights first, so the pool sees what is left
+        return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device, **pool))
 
     @classmethod
-    def from_hf_model(cls, hf_model, device: str | None = None, dtype: torch.dtype | None = None, block_size: int = 16, num_blocks: int | None = None) -> ModelRunner:
+    def from_hf_model(cls, hf_model, device: str | None = None, dtype: torch.dtype | None = None, block_size: int = 16, num_blocks: int | None = None, **pool: Any) -> ModelRunner:
         """Share nothing with, but copy the weights of, an already loaded transformers model."""
         config = ModelConfig.from_dict(hf_model.config.to_dict())
         model = LlamaFamilyModel(config)
         load_hf_weights(model, {k: v.detach().cpu() for k, v in hf_model.state_dict().items()})
         device = device or str(next(hf_model.parameters()).device)
         dtype = dtype or next(hf_model.parameters()).dtype
-        return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device))
+        model = model.to(device=device, dtype=dtype)
+        return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device, **pool))
 
     @classmethod
     def random(cls, config: dict | ModelConfig, device: str, dtype: torch.dtype, block_size: int = 16, num_blocks: int | None = None, seed: int = 0) -> ModelRunner:
@@ -467,19 +470,21 @@ def kv_bytes_per_block(config: ModelConfig, dtype: torch.dtype, block_size: int)
     return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * elem
 
 
-def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str, kv_cache_bytes: int | None = None, max_num_seqs: int = 64) -> int:
+def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str, kv_cache_bytes: int | None = None,
+                       max_num_seqs: int = 64, gpu_memory_utilization: float = 0.9) -> int:
     """How many blocks to allocate when the user does not say.
 
-    CUDA: 90 % of the free GPU memory (like vLLM's ``gpu_memory_utilization``). Elsewhere:
-    enough for ``max_num_seqs`` full-context sequences, capped at 128 MiB so a 2 GB
-    Binder survives.
+    Never more than ``max_num_seqs`` full-context sequences need. Within that, CUDA: the
+    fraction ``gpu_memory_utilization`` of the free GPU memory (vLLM's knob, here applied
+    to what is free after the weights); elsewhere at most 128 MiB, so a 2 GB Binder survives.
     """
     per_block = kv_bytes_per_block(config, dtype, block_size)
+    want = max_num_seqs * -(-config.max_model_len // block_size)
     if kv_cache_bytes is None:
         if str(device).startswith("cuda") and torch.cuda.is_available():
             free, _ = torch.cuda.mem_get_info(torch.device(device))
-            kv_cache_bytes = int(free * 0.9)
+            kv_cache_bytes = int(free * gpu_memory_utilization)
         else:
-            want = max_num_seqs * config.max_model_len // block_size * per_block
-            kv_cache_bytes = min(want, 128 * 2**20)
+            kv_cache_bytes = 128 * 2**20
+        return max(1, min(want, kv_cache_bytes // per_block))
     return max(1, kv_cache_bytes // per_block)
