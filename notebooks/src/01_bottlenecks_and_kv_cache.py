@@ -26,12 +26,14 @@ BATCH_SIZES = [1, 4, 16, 64]  # decode batch sizes measured live
 CONTEXT = 128  # tokens in the KV cache while decoding
 STEPS = 6  # timed decode steps per batch size
 PROMPT_LENS = [32, 128, 512]  # prefill lengths measured live
+COPY_BYTES, MATMUL_N = 1 << 26, 512  # sizes of the bandwidth and matmul probes
 
 import torch  # noqa: E402
 
 if torch.cuda.is_available():  # a GPU: the benchmark's 1B-shaped model with random bf16 weights
     ROOFLINE_MODEL = "llama-3.2-1b" if MODEL == "tiny" else MODEL
     BATCH_SIZES, CONTEXT, STEPS, PROMPT_LENS = [1, 4, 16, 64, 256], 1024, 16, [128, 512, 2048, 8192]
+    COPY_BYTES, MATMUL_N = 1 << 31, 8192
 
 # %% [markdown]
 # ## 1. Intuition: what a decoder keeps, and why it adds up
@@ -55,8 +57,9 @@ if torch.cuda.is_available():  # a GPU: the benchmark's 1B-shaped model with ran
 # | multi-query (MQA, Shazeer 2019) | $n_{kv} = 1$ | our `tiny-draft` |
 # | multi-head latent (MLA, DeepSeek-V2/V3) | one compressed latent of width $d_c$ plus a shared RoPE key $d_R$ | DeepSeek-V3: $d_c + d_R = 512 + 64$ |
 #
-# For MLA the per-token cost is $L \cdot (d_c + d_R) \cdot b$: every head's K and V are
-# re-expanded from the latent when attention runs.
+# For MLA the per-token cost is $L \cdot (d_c + d_R) \cdot b$: every head's keys and values are
+# recovered from the latent by up-projections, which can be folded into the query and output
+# projections, so the per-head vectors never need to be stored.
 #
 # Two refinements complete the picture:
 #
@@ -304,7 +307,7 @@ from inferlab.bench import roofline as bench
 from inferlab.kvcache_viz import roofline_text
 
 live = bench.run(DEVICE, progress=False, model=ROOFLINE_MODEL, batch_sizes=BATCH_SIZES, context=CONTEXT,
-                 steps=STEPS, prompt_lens=PROMPT_LENS, copy_bytes=1 << 26, matmul_n=512, generate_tokens=16)
+                 steps=STEPS, prompt_lens=PROMPT_LENS, copy_bytes=COPY_BYTES, matmul_n=MATMUL_N, generate_tokens=16)
 recorded = load_result("roofline", "h200")
 print(roofline_text(live, f"live ({live['device']})"))
 if recorded:
