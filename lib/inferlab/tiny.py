@@ -255,6 +255,7 @@ def onpolicy_stream(target, stream, cfg: TrainConfig, device, prompt_len: int = 
     torch.manual_seed(cfg.seed + 2)
     data = torch.from_numpy(stream.astype("int64"))
     eos = int(target.config.eos_token_id)
+    prompt_len = min(prompt_len, cfg.seq_len // 2)
     pieces = []
     new_tokens = cfg.seq_len - prompt_len + 1
     batch = min(batch, cfg.onpolicy_sequences)
