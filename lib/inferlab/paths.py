@@ -19,12 +19,15 @@ def data_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "data"
     if (repo / "models").is_dir():
         return repo
-    try:
-        from importlib.resources import files
+    installed = Path(__file__).resolve().parent / "_data"  # a plain `pip install .`
+    if installed.is_dir():
+        return installed
+    import importlib.util
 
-        return Path(str(files("inferlab._data")))
-    except (ModuleNotFoundError, TypeError):
-        return repo
+    spec = importlib.util.find_spec("inferlab._data")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return repo
 
 
 def models_dir() -> Path:
