@@ -157,3 +157,29 @@ def test_allocator_restored_after_mixed_workload():
     llm.generate(prompts, SamplingParams(temperature=0.7, seed=0, max_tokens=12))
     bm = llm.engine.block_manager
     assert bm.num_free_blocks == bm.num_blocks and len(bm.allocator) == 0
+
+
+def test_prefix_cache_hits_on_blocks_still_being_prefilled(reference):
+    """Identical long prompts arriving together with a small chunk budget: a later request must
+    not trust cached blocks whose K/V an earlier request has not computed yet."""
+    prompts, want, _ = reference
+    i = max(range(len(prompts)), key=lambda k: len(prompts[k]))
+    llm = LLM("tiny", device="cpu", dtype="float32", block_size=8, enable_prefix_caching=True, max_num_batched_tokens=16)
+    outs = llm.generate([prompts[i]] * 4, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    assert all(o.outputs[0].token_ids == want[i] for o in outs)
+    again = llm.generate([prompts[i]], SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))[0]
+    assert again.outputs[0].token_ids == want[i]
+    assert llm.engine.block_manager.allocator.stats["prefix_hit_tokens"] > 0
+    assert llm.engine.block_manager.num_free_blocks == llm.engine.block_manager.num_blocks
+
+
+def test_without_chunking_a_prompt_larger_than_the_budget_still_runs(reference):
+    run_and_compare(reference, max_num_batched_tokens=16, enable_chunked_prefill=False)
+
+
+def test_prefix_caching_with_preemption_mid_prefill(reference):
+    """Preempted mid-prefill, a request leaves cached-but-never-computed blocks behind; whoever
+    hits them (itself, when resumed) must recompute instead of reading garbage."""
+    llm, _ = run_and_compare(reference, block_size=4, num_kv_blocks=40, max_num_batched_tokens=8,
+                             enable_prefix_caching=True)
+    assert sum(len(s.preempted) for s in llm.engine.trace) > 0
