@@ -58,12 +58,17 @@ def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None 
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-    else:
-        if tokenizer is None:
-            raise ValueError("tokenizer is required when model is a loaded model object")
-        dtype = pick_dtype(device or "cpu", dtype) if dtype is not None else None
-        runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks, **pool)
-    return LLMEngine(runner, tokenizer, **engine_kwargs)
+        engine = LLMEngine(runner, tokenizer, **engine_kwargs)
+        engine.eos_token_ids.update(_generation_eos(path))
+        return engine
+    if tokenizer is None:
+        raise ValueError("tokenizer is required when model is a loaded model object")
+    dtype = pick_dtype(device or "cpu", dtype) if dtype is not None else None
+    runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks, **pool)
+    engine = LLMEngine(runner, tokenizer, **engine_kwargs)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    engine.eos_token_ids.update([] if eos is None else eos if isinstance(eos, list) else [eos])
+    return engine
 
 
 class LLM:
@@ -199,6 +204,17 @@ class IncrementalDetokenizer:
             return ""
         delta, self.sent = final_text[len(self.sent):], final_text
         return delta
+
+
+def _generation_eos(path: Path) -> set[int]:
+    """End-of-sequence ids from generation_config.json (chat models often add one there)."""
+    import json
+
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return set()
+    eos = json.loads(file.read_text()).get("eos_token_id")
+    return set() if eos is None else set(eos) if isinstance(eos, list) else {int(eos)}
 
 
 def _progress(enabled: bool, total: int):
