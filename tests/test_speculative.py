@@ -17,6 +17,7 @@ from inferlab.speculative import (
     RESAMPLED,
     PromptLookupDecoder,
     SpeculativeDecoder,
+    chi_square_pvalue,
     expected_speedup,
     expected_tokens_per_step,
     lookup_continuation,
@@ -33,25 +34,6 @@ PROMPTS = [
     "import os\n\ndef list_python_files(path):",
     "    def __repr__(self):",
 ]
-
-
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
-    """Pearson chi-square goodness of fit; bins expected below ``min_expected`` are pooled."""
-    n = counts.sum()
-    expected = probs * n
-    small = expected < min_expected
-    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    if exp[-1] < min_expected:  # pooled bin still too small: fold it into the smallest big one
-        obs, exp = obs[:-1].clone(), exp[:-1].clone()
-        obs[exp.argmin()] += counts[small].sum()
-        exp[exp.argmin()] += expected[small].sum()
-    if bool((obs[exp == 0] > 0).any()):
-        return 0.0
-    keep = exp > 0
-    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
-    dof = int(keep.sum()) - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
 
 
 # ------------------------------------------------------------------ theory
@@ -319,3 +301,17 @@ def test_different_vocabularies(pair):
                                          num_attention_heads=2, num_key_value_heads=1))
     with pytest.raises(ValueError, match="tokenizer"):
         SpeculativeDecoder(target, other, tok)
+
+
+# ------------------------------------------------------------------ exercise checkers
+
+
+def test_exercise_checkers_accept_right_and_reject_wrong():
+    from inferlab.exercises.speculative import check_best_k, check_expected_tokens, check_residual
+
+    assert check_residual(lambda p, q: (p - q).clamp_min(0) / (p - q).clamp_min(0).sum())
+    assert not check_residual(lambda p, q: p)
+    assert check_expected_tokens(lambda a, k: k + 1 if a == 1 else (1 - a ** (k + 1)) / (1 - a))
+    assert not check_expected_tokens(lambda a, k: (1 - a ** (k + 1)) / (1 - a))
+    assert check_best_k(optimal_k(0.8, 0.1), alpha=0.8, c=0.1)
+    assert not check_best_k(1, alpha=0.8, c=0.1)

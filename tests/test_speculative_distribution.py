@@ -12,12 +12,12 @@ import torch
 
 from inferlab.speculative import (
     SpeculativeDecoder,
+    chi_square_pvalue,
     first_step_samples,
     seed_style_speculative_step,
     target_next_token_probs,
     warp_probabilities,
 )
-from test_speculative import chi_square_pvalue
 
 PROMPT = "    if not"  # three tokens: cheap to replicate into a batch of a thousand rows
 TEMPERATURE, TOP_P = 1.0, 0.8

@@ -756,3 +756,28 @@ def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int
     p = warp_probabilities(caches["target"].feed(torch.cat([last, drafts_t], dim=1)), temperature, top_p)
     outcome = rule(drafts_t, torch.stack(probs, dim=1), p, g)
     return torch.where(outcome.num_accepted > 0, drafts_t[:, 0], outcome.next_token)
+
+
+def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness of fit of ``counts`` to ``probs``; bins expected below ``min_expected`` are pooled.
+
+    Small p-values mean the samples did not come from ``probs``. Computed with the
+    regularized upper incomplete gamma function, so no SciPy is needed.
+    """
+    counts, probs = counts.double(), probs.double()
+    n = counts.sum()
+    expected = probs * n
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    if exp[-1] < min_expected and len(exp) > 1:  # pooled bin still too small: fold it into the smallest other bin
+        obs, exp = obs[:-1].clone(), exp[:-1].clone()
+        obs[exp.argmin()] += counts[small].sum()
+        exp[exp.argmin()] += expected[small].sum()
+    if bool((obs[exp == 0] > 0).any()):
+        return 0.0  # samples where the distribution puts no mass at all
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    dof = max(int(keep.sum()) - 1, 1)
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))

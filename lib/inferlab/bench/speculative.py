@@ -179,7 +179,7 @@ def _speculative_stats(outs, k: int, plain_step_s: float) -> dict:
     return out
 
 
-def run(model: str = "tiny", draft_model: str = "tiny-draft", device: str | None = None, ks=(1, 2, 4, 6, 8),
+def run(model: str = "tiny", draft_model: str = "tiny-draft", device: str | None = None, ks=(1, 2, 4, 8),
         temperatures=(0.0, 0.7, 1.0), sweep_k_temperature: float = 0.0, sweep_t_k: int = 4, prompts: int = 4,
         max_new_tokens: int = 64, reps: int = 3, log=None) -> dict:
     """The whole sweep: k at temperature ``sweep_k_temperature``, then temperature at k = ``sweep_t_k``."""
@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--draft", default="tiny-draft")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--ks", default="1,2,4,6,8", help="comma-separated k values (greedy sweep)")
+    parser.add_argument("--ks", default="1,2,4,8", help="comma-separated k values (greedy sweep)")
     parser.add_argument("--temperatures", default="0,0.7,1.0", help="comma-separated temperatures (at k=4)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="k in {2, 4}, temperatures {0, 1}, 2 prompts, 1 rep")
     parser.add_argument("--out", default=None, help="folder for the JSON (default data/results)")
     args = parser.parse_args(argv)
