@@ -263,14 +263,14 @@ def paged_attention(q, k, v, meta: AttentionMetadata, k_cache, v_cache) -> torch
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=True)
         out.index_copy_(0, meta.decode_tokens, od.squeeze(2))
     for start, end, slots, mask in meta.prefills:
-        qs = q[start:end].transpose(0, 1)  # [heads, n, d]
+        qs = q[start:end].transpose(0, 1)[None]  # [1, heads, n, d]
         if slots is None:
-            ks, vs = k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
+            ks, vs = k[start:end].transpose(0, 1)[None], v[start:end].transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=True)
         else:
-            ks, vs = k_flat[slots].transpose(0, 1), v_flat[slots].transpose(0, 1)
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
-        out[start:end] = o.transpose(0, 1)
+            ks, vs = k_flat[slots].transpose(0, 1)[None], v_flat[slots].transpose(0, 1)[None]
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask[None, None], enable_gqa=True)
+        out[start:end] = o[0].transpose(0, 1)
     return out
 
 
