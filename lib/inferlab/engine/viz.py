@@ -57,8 +57,8 @@ def _segments(trace: Sequence[StepRecord], x: str, slots: dict):
     bars = []
     t0 = trace[0].start if trace else 0.0
     for rec in trace:
-        begin, end = (rec.start - t0, rec.end - t0) if x == "time" else (rec.step, rec.step + 1)
-        for rid, kind, _ in rec.entries:
+        step_begin, step_end = (rec.start - t0, rec.end - t0) if x == "time" else (rec.step, rec.step + 1)
+        for rid, kind, begin, end in _split_step(rec, step_begin, step_end):
             slot = slots[(rid, rec.step)]
             bar = open_bars.get(rid)
             if bar and bar[1] == kind and bar[2] == slot and bar[5] == rec.step - 1:
@@ -68,6 +68,20 @@ def _segments(trace: Sequence[StepRecord], x: str, slots: dict):
                 open_bars[rid] = bar
                 bars.append(bar)
     return [tuple(b[:5]) for b in bars]
+
+
+def _split_step(rec: StepRecord, begin: float, end: float):
+    """A request with several entries in one step (a static prompt and its padding) shares the
+    step's width in proportion to tokens: (rid, kind, begin, end) per entry."""
+    per_request: dict[str, list[tuple[str, int]]] = {}
+    for rid, kind, n in rec.entries:
+        per_request.setdefault(rid, []).append((kind, n))
+    for rid, parts in per_request.items():
+        total, at = sum(n for _, n in parts) or 1, begin
+        for kind, n in parts:
+            width = (end - begin) * n / total if len(parts) > 1 else end - begin
+            yield rid, kind, at, at + width
+            at += width
 
 
 def slot_gantt(trace: Sequence[StepRecord], title: str = "", x: str = "time", height: int = 320):
