@@ -37,7 +37,7 @@ from inferlab.engine.workload import (
 
 CPU_SIZES = {"n": 48, "prompt_len": (8, 128), "output_len": (8, 96), "batch": 16, "peer_n": 48,
              "rates": [4.0, 8.0, 16.0], "online_n": 32}
-GPU_SIZES = {"n": 256, "prompt_len": (64, 1024), "output_len": (64, 512), "batch": 64, "peer_n": 8,
+GPU_SIZES = {"n": 256, "prompt_len": (64, 1024), "output_len": (64, 512), "batch": 64, "peer_n": 4,
              "rates": [16.0, 64.0], "online_n": 64}
 
 
@@ -71,19 +71,25 @@ def engine(runner: ModelRunner, tok, policy: str, batch: int) -> LLMEngine:
                      enable_chunked_prefill=policy == "continuous", policy=policy)
 
 
-def offline(runner, tok, peer, sizes, requests: list[Request]) -> dict[str, Any]:
-    results = {}
+def offline(runner, tok, peer, sizes, requests: list[Request], save=lambda results: None) -> dict[str, Any]:
+    """Ours (static, continuous), then the peers; ``save(results)`` after each, so a run cut
+    short by a time limit still leaves what it measured."""
+    results: dict[str, Any] = {}
     run_engine(engine(runner, tok, "continuous", sizes["batch"]), requests[:4], realtime=False)  # warm-up
     for policy in ("static", "continuous"):
         res = run_engine(engine(runner, tok, policy, sizes["batch"]), requests, name=policy, realtime=False)
-        results[policy] = res.summary()
-        print(json.dumps(results[policy]), flush=True)
-    results["hf_generate_static"] = hf_generate_static(peer, requests, sizes["batch"]).summary()
-    print(json.dumps(results["hf_generate_static"]), flush=True)
-    per = hf_generate_per_prompt(peer, requests[: sizes["peer_n"]])
-    results["hf_generate_per_prompt"] = {**per.summary(), "requests": sizes["peer_n"]}
-    print(json.dumps(results["hf_generate_per_prompt"]), flush=True)
+        _keep(results, policy, res.summary(), save)
+    _keep(results, "hf_generate_static", hf_generate_static(peer, requests, sizes["batch"]).summary(), save)
+    subset = requests[: sizes["peer_n"]]
+    per = hf_generate_per_prompt(peer, subset)
+    _keep(results, "hf_generate_per_prompt", {**per.summary(), "requests": len(subset)}, save)
     return results
+
+
+def _keep(results: dict, name: str, summary: dict, save) -> None:
+    results[name] = summary
+    print(json.dumps(summary), flush=True)
+    save(results)
 
 
 def online(runner, tok, sizes, vocab: int) -> list[dict[str, Any]]:
@@ -115,10 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     vocab = runner.config.vocab_size
     requests = synthetic_requests(sizes["n"], sizes["prompt_len"], sizes["output_len"], vocab, seed=0)
     payload: dict[str, Any] = {"device": device, "model": "llama-3.2-1b (random bf16)" if device.startswith("cuda") else "tiny (fp32)",
-                               "workload": {k: v for k, v in sizes.items() if k != "rates"}, "offline": offline(runner, tok, peer, sizes, requests)}
-    off = payload["offline"]
-    payload["speedup_continuous_over_static"] = round(off["continuous"]["throughput_tok_s"] / off["static"]["throughput_tok_s"], 3)
-    path = save_result("batching", payload, args.out)  # saved now in case the sweep is cut short
+                               "workload": {k: v for k, v in sizes.items() if k != "rates"}}
+
+    def save_offline(results: dict) -> None:
+        payload["offline"] = results
+        if "static" in results and "continuous" in results:
+            ratio = results["continuous"]["throughput_tok_s"] / results["static"]["throughput_tok_s"]
+            payload["speedup_continuous_over_static"] = round(ratio, 3)
+        save_result("batching", payload, args.out)
+
+    offline(runner, tok, peer, sizes, requests, save_offline)
+    path = save_result("batching", payload, args.out)
     if not args.no_online:
         payload["online"] = online(runner, tok, sizes, vocab)
         path = save_result("batching", payload, args.out)
