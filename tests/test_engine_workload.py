@@ -69,3 +69,19 @@ def test_checkers_accept_right_and_reject_wrong(capsys):
     assert check_min_kv_blocks(19, 100, 200, 16, 1024) and not check_min_kv_blocks(7, 100, 200, 16, 1024)
     assert check_preemption_victim("d", list("abcd")) and not check_preemption_victim("a", list("abcd"))
     assert "right" in capsys.readouterr().out
+
+
+def test_batching_benchmark_cli_writes_json(tmp_path):
+    import json
+
+    from inferlab.bench.batching import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--n", "4", "--no-online", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "batching-cpu.json").read_text())
+    assert set(result["offline"]) == {"static", "continuous", "hf_generate_static", "hf_generate_per_prompt"}
+    assert result["offline"]["static"]["output_tokens"] == result["offline"]["continuous"]["output_tokens"]
+    assert result["environment"]["torch"]
