@@ -4,13 +4,14 @@
 # peer, on a Llama-3.2-1B-shaped model with random bf16 weights and the reference workload
 # (256 requests, prompts 64-1024, outputs 64-512, seed 0), then a short Poisson-arrival sweep.
 # Writes $OUT/batching-h200.json (copy it to data/results/) plus a log; the offline part is
-# saved before the sweep, so a cut-short run still leaves a result. Budget: under 3 minutes.
+# saved after every measurement, so a cut-short run still leaves a result. Budget: about 190 s
+# (fits record_all.sh's 200 s per script).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/lib HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 # correctness on the GPU first (tiny model, greedy engine == generate), a few seconds
-timeout 60 python3 - <<'PY' 2>&1 | tee "$OUT/engine_check.log"
+timeout 35 python3 - <<'PY' 2>&1 | tee "$OUT/engine_check.log"
 import torch, inferlab as il
 from inferlab import LLM, SamplingParams
 m, t = il.load_model("tiny", device="cuda", dtype="float32")
