@@ -15,7 +15,7 @@ timeout 35 python3 - <<'PY' 2>&1 | tee "$OUT/engine_check.log" || true
 import torch, inferlab as il
 from inferlab import LLM, SamplingParams
 m, t = il.load_model("tiny", device="cuda", dtype="float32")
-llm = LLM("tiny", device="cuda", dtype="float32", num_kv_blocks=24, block_size=8)
+llm = LLM("tiny", device="cuda", dtype="float32", num_kv_blocks=12, block_size=8)
 prompts = ["def f(x):", "import os\nimport sys\n\nclass A:\n    def run(self", "x = [", "for i in range(10):\n   "]
 outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=32))
 same = 0
