@@ -259,10 +259,12 @@ distribution_figure(tok, p_exact, {"target alone (sampled)": target_tokens, "our
 # which the draft's favourite is likely again. `tests/test_speculative*.py` turns this into a
 # chi-square test, on known small distributions and on this pair.
 #
-# The other myth is the seed's "Speedup: 2-3x". The speedup is a function of α and c, and with our
-# embedded pair (α around one half, c around 0.15–0.25 on a CPU) the formula itself predicts little;
-# measured, it is less still, because the CPU charges the verify pass extra. Section 5 shows the
-# numbers; large, well-matched pairs on memory-bound GPUs are where the 2–3× lives.
+# The other myth is the seed's "Speedup: 2-3x". The speedup is a function of α and c. With our
+# embedded pair (greedy α between 0.6 and 0.75, c around 0.2 on a CPU) the formula predicts about
+# 1.4–1.5×, and the measurement lands lower, near 1.1–1.3×, because a CPU charges the verify pass
+# 1.2–1.5 target steps instead of one (section 5 prints both predictions). Large, well-matched pairs
+# on memory-bound GPUs are where the 2–3× lives; a weak draft or a compute-bound device can make
+# speculation slower than the target alone.
 
 # %% [markdown]
 # ## 7. No draft model at all: prompt lookup, on an editing task
