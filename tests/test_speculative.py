@@ -315,3 +315,15 @@ def test_exercise_checkers_accept_right_and_reject_wrong():
     assert not check_expected_tokens(lambda a, k: (1 - a ** (k + 1)) / (1 - a))
     assert check_best_k(optimal_k(0.8, 0.1), alpha=0.8, c=0.1)
     assert not check_best_k(1, alpha=0.8, c=0.1)
+
+
+def test_padded_vocabularies_that_share_a_tokenizer_work(pair, references):
+    """A draft whose embedding matrix is padded past the tokenizer (as in model families) is accepted."""
+    import copy
+
+    target, draft, tok = pair
+    padded = copy.deepcopy(draft)
+    padded.resize_token_embeddings(draft.config.vocab_size + 64)
+    out = SpeculativeDecoder(target, padded, tok, 3).generate(tok(PROMPTS[0]).input_ids, max_new_tokens=40,
+                                                               temperature=0)
+    assert out.new_tokens[0] == references[PROMPTS[0]]

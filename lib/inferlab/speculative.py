@@ -417,6 +417,7 @@ class _DecoderBase:
         self.k = int(num_speculative_tokens)
         self.adaptive_k = adaptive_k
         self.max_k = max(int(max_k), self.k)
+        self.vocab_size: int | None = None  # set when the two models' logit widths differ (padded embeddings)
 
     # drafters override these three
     def _start(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
@@ -516,7 +517,7 @@ class _Run:
             k = drafts.shape[1]
         else:
             drafts, q = self.last.new_zeros(self.last.shape[0], 0), None
-        logits = self.target.feed(torch.cat([self.last[:, None], drafts], dim=1))
+        logits = self.target.feed(torch.cat([self.last[:, None], drafts], dim=1))[..., : self.d.vocab_size]
         if greedy:
             outcome = greedy_step(drafts, logits)
         else:
@@ -582,8 +583,9 @@ class SpeculativeDecoder(_DecoderBase):
 
     def __init__(self, target, draft, tokenizer, num_speculative_tokens: int = 4, adaptive_k: bool = False, max_k: int = 16):
         _check_k(num_speculative_tokens)
-        _check_same_vocabulary(target, draft)
+        shared = _shared_vocabulary(target, draft, tokenizer)
         super().__init__(target, tokenizer, num_speculative_tokens, adaptive_k, max_k)
+        self.vocab_size = shared
         self.draft = draft
 
     def _start(self, ids, mask) -> None:
@@ -607,7 +609,7 @@ class SpeculativeDecoder(_DecoderBase):
         for i in range(k):
             if i > 0:
                 logits = self._draft.feed(tokens[-1][:, None])
-            token, prob = _sample(logits[:, -1], temperature, top_p, generator)
+            token, prob = _sample(logits[:, -1, : self.vocab_size], temperature, top_p, generator)
             tokens.append(token)
             probs.append(prob)
         self._fed_this_round += k - 1
@@ -635,15 +637,24 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
 
 
-def _check_same_vocabulary(target, draft) -> None:
+def _shared_vocabulary(target, draft, tokenizer) -> int | None:
+    """None when both models score the same vocabulary; else the common width to compare on.
+
+    Models of one family sometimes pad their embedding matrices to different sizes (Qwen2.5-0.5B
+    has 151,936 rows, Qwen2.5-7B 152,064) while sharing one tokenizer: the rows past the
+    tokenizer are never real tokens, so both are compared on the first min(V_target, V_draft).
+    """
     vt = target.get_output_embeddings().weight.shape[0]
     vd = draft.get_output_embeddings().weight.shape[0]
-    if vt != vd:
-        raise ValueError(
-            f"target and draft have different vocabularies ({vt} vs {vd} logits): speculative "
-            "decoding compares their probabilities token by token, so pick a draft trained with "
-            "the target's tokenizer (e.g. the same model family), or use PromptLookupDecoder"
-        )
+    if vt == vd:
+        return None
+    if len(tokenizer) <= min(vt, vd):
+        return min(vt, vd)
+    raise ValueError(
+        f"target and draft have different vocabularies ({vt} vs {vd} logits, tokenizer {len(tokenizer)}): "
+        "speculative decoding compares their probabilities token by token, so pick a draft trained with "
+        "the target's tokenizer (e.g. a smaller model of the same family), or use PromptLookupDecoder"
+    )
 
 
 class PromptLookupDecoder(_DecoderBase):
