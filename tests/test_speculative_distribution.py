@@ -75,3 +75,18 @@ def test_seed_rule_is_biased_on_the_tiny_pair(pair):
                                rule=seed_style_speculative_step)
     assert chi_square_pvalue(torch.bincount(ours, minlength=p.numel()).double(), p) > 1e-4
     assert chi_square_pvalue(torch.bincount(seeds, minlength=p.numel()).double(), p) < 1e-8
+
+
+def test_left_padded_rows_sample_from_their_own_distribution(pair):
+    """A ragged batch (short prompts left-padded next to long ones) still samples each row's target distribution."""
+    target, draft, tok = pair
+    short, long = tok(PROMPT).input_ids, tok("import os\nimport sys\n\n\ndef main():\n   ").input_ids
+    assert len(long) > len(short) + 2
+    rows = [short, long] * 500
+    out = SpeculativeDecoder(target, draft, tok, num_speculative_tokens=3).generate(
+        rows, max_new_tokens=2, temperature=TEMPERATURE, top_p=TOP_P, seed=3
+    )
+    for offset, prompt in enumerate((short, long)):
+        p = target_next_token_probs(target, torch.tensor(prompt), TEMPERATURE, TOP_P).double()
+        first = torch.tensor([t[0] for t in out.new_tokens[offset::2]])
+        assert chi_square_pvalue(torch.bincount(first, minlength=p.numel()).double(), p) > 1e-4
