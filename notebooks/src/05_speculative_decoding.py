@@ -262,7 +262,9 @@ distribution_figure(tok, p_exact, {"target alone (sampled)": target_tokens, "our
 # The other myth is the seed's "Speedup: 2-3x". The speedup is a function of α and c. With our
 # embedded pair (greedy α between 0.6 and 0.75, c around 0.2 on a CPU) the formula predicts about
 # 1.4–1.5×, and the measurement lands lower, near 1.1–1.3×, because a CPU charges the verify pass
-# 1.2–1.5 target steps instead of one (section 5 prints both predictions). Large, well-matched pairs
+# 1.2–1.5 target steps instead of one. Charge it that measured cost and the formula agrees with the
+# measurement within a few percent (section 5 prints both predictions; the full sweep is in
+# `data/results/speculative-cpu.json`, from `python -m inferlab.bench speculative`). Large, well-matched pairs
 # on memory-bound GPUs are where the 2–3× lives; a weak draft or a compute-bound device can make
 # speculation slower than the target alone.
 

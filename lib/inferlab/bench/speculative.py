@@ -236,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="k in {2, 4}, temperatures {0, 1}, 2 prompts, 1 rep")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: steadier on a busy machine, and as fast for the tiny models)")
     parser.add_argument("--out", default=None, help="folder for the JSON (default data/results)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     ks = tuple(int(x) for x in args.ks.split(","))
     temps = tuple(float(x) for x in args.temperatures.split(","))
     prompts, reps = args.prompts, args.reps
