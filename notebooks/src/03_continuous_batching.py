@@ -209,7 +209,8 @@ latency_vs_rate(rows, title=f"live, {runner.device}: static vs continuous batchi
 # next step. At low load both keep up (throughput = arrival rate × tokens per request); as
 # load grows, static batching saturates first.
 #
-# Recorded on an H200 (Llama-3.2-1B shape, bf16, 256 requests, `python -m inferlab.bench batching`):
+# Recorded on an H200 (Llama-3.2-1B shape with random bf16 weights, `python -m inferlab.bench batching`;
+# the workload it ran is printed with it):
 
 # %%
 from inferlab.bench import load_result
@@ -218,6 +219,8 @@ recorded = load_result("batching", "h200")
 if recorded is None:
     print("no H200 record yet (data/results/batching-h200.json); run scripts/gpu/engine.sh on a GPU")
 else:
+    w = recorded["workload"]
+    print(f"{w['n']} requests, prompts {w['prompt_len']} tokens, outputs {w['output_len']} tokens, on {recorded['environment'].get('gpu_name')}")
     for name, r in recorded["offline"].items():
         print(f"{name:>24}: {r['throughput_tok_s']:8.0f} tok/s")
     if recorded.get("online"):
