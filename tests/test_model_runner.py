@@ -7,14 +7,7 @@ import torch
 
 from inferlab.engine.model_runner import ChunkInput, ModelConfig, ModelRunner, rope_inv_freq
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads and suffer badly on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

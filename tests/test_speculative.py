@@ -147,15 +147,6 @@ def test_warp_top_p_keeps_nucleus():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    import inferlab as il
-
-    target, tok = il.load_model("tiny", device="cpu")
-    draft, _ = il.load_model("tiny-draft", device="cpu")
-    return target, draft, tok
-
-
-@pytest.fixture(scope="module")
 def references(pair):
     """The target's own greedy continuations (transformers ``generate``, left-padded batch)."""
     target, _, tok = pair

@@ -24,15 +24,6 @@ TEMPERATURE, TOP_P = 1.0, 0.8
 
 
 @pytest.fixture(scope="module")
-def pair():
-    import inferlab as il
-
-    target, tok = il.load_model("tiny", device="cpu")
-    draft, _ = il.load_model("tiny-draft", device="cpu")
-    return target, draft, tok
-
-
-@pytest.fixture(scope="module")
 def decoded(pair):
     """1200 independent rows of 3 new tokens from one prompt (k = 2 in the first round)."""
     target, draft, tok = pair

@@ -110,7 +110,6 @@ def load_model(
     :func:`pick_dtype`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep notebooks' stored outputs free of progress bars
