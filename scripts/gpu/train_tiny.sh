@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the embedded default models on the lent GPU; results come back under $OUT.
-# The corpus is the CPython 3.11.7 standard library, carried as .corpus/stdlib-3.11.7.tar.xz (see README).
+# The corpus is the CPython 3.11.7 standard library, packed by scripts/pack_stdlib.sh into .corpus/ (carry it).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/lib
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
