@@ -45,3 +45,26 @@ def test_hygiene_check_catches_problems(tmp_path):
     path.write_text(json.dumps(bad))
     problems = " | ".join(check_notebook(path))
     assert "parameters" in problems and "unexecuted" in problems and "volatile" in problems
+
+
+def test_make_run_reports_time_memory_and_failures(tmp_path, capsys):
+    """`make run` (nbtools run): a table row per notebook, peak RSS measured, non-zero exit on failure."""
+    import nbformat
+
+    from inferlab.nbtools import run_all
+
+    src = tmp_path / "nbs"
+    src.mkdir()
+    for name, code in (("a_ok", "x = bytearray(50_000_000)\nprint(len(x))"), ("b_fails", "1 / 0")):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, src / f"{name}.ipynb")
+    assert run_all(src, tmp_path / "build") == 1
+    table = capsys.readouterr().out
+    assert "a_ok.ipynb" in table and "b_fails.ipynb" in table and "FAILED" in table
+    import json
+
+    rows = {r["notebook"]: r for r in json.loads((tmp_path / "build" / "run.json").read_text())}
+    assert rows["a_ok.ipynb"]["status"] == "ok" and rows["a_ok.ipynb"]["peak_rss_mb"] >= 48
+    assert rows["b_fails.ipynb"]["status"] == "FAILED" and "ZeroDivisionError" in rows["b_fails.ipynb"]["error"]
+    assert (tmp_path / "build" / "a_ok.ipynb").is_file()
