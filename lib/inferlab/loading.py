@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,24 @@ def load_model(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def random_init(device: str, dtype, seed: int = 0):
+    """Modules built inside are created on ``device`` in ``dtype`` with seeded random weights.
+
+    For timing, where only the shapes matter: no fp32 copy on the CPU first, no download.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def env_report(print_it: bool = True) -> dict:

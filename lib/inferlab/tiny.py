@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import sysconfig
@@ -447,17 +446,14 @@ def greedy_completions(model, hf_tok, device, max_new_tokens: int = 48) -> list[
 
 
 def hardware() -> dict:
-    import torch
+    """The machine that trained the models (from :func:`inferlab.loading.env_report`)."""
+    from inferlab.loading import env_report
 
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    env = env_report(print_it=False)
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": env["cpu_count"], "torch": env["torch"],
+            "transformers": env["transformers"]}
+    if env.get("gpu_name"):
+        info["gpu"] = env["gpu_name"]
     return info
 
 

@@ -25,7 +25,7 @@ def build_model(name: Any, device: str, dtype: str):
     import torch
 
     from inferlab.kvcache import known_models
-    from inferlab.loading import EMBEDDED_MODELS, load_model
+    from inferlab.loading import EMBEDDED_MODELS, load_model, random_init
 
     if isinstance(name, str) and (name in EMBEDDED_MODELS or name.lower() not in known_models()):
         model, _ = load_model(name, device=device, dtype=dtype)  # embedded, a local folder or a hub id
@@ -38,15 +38,8 @@ def build_model(name: Any, device: str, dtype: str):
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
             "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
     config = LlamaConfig(**{k: raw[k] for k in keys if k in raw})
-    torch.manual_seed(0)
-    torch_dtype = getattr(torch, dtype)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(old)
+    with random_init(device, getattr(torch, dtype)):
+        model = LlamaForCausalLM(config)
     return model.eval(), raw
 
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferlab.loading import random_init
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -416,14 +418,8 @@ class ModelRunner:
     def random(cls, config: dict | ModelConfig, device: str, dtype: torch.dtype, block_size: int = 16, num_blocks: int | None = None, seed: int = 0) -> ModelRunner:
         """A model of this shape with random weights, built on ``device`` in ``dtype`` (for timing)."""
         config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
-        torch.manual_seed(seed)
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = LlamaFamilyModel(config)
-        finally:
-            torch.set_default_dtype(old)
+        with random_init(device, dtype, seed):
+            model = LlamaFamilyModel(config)
         return cls(model, device, dtype, block_size, num_blocks or default_num_blocks(config, dtype, block_size, device))
 
     # ---- sizes
