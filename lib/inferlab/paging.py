@@ -6,7 +6,8 @@ Management for Large Language Model Serving with PagedAttention", SOSP 2023
 
 The KV cache is cut into fixed-size *blocks* of ``block_size`` token slots. A sequence
 owns a *block table*, the list of physical block ids holding its tokens in order, so
-token ``i`` lives in *slot* ``block_table[i // block_size] * block_size + i % block_size``.
+token ``i`` lives in *slot* ``block_table[i // block_size] * block_size + i % block_size``
+(:func:`slot_for`, the one home of that formula; :func:`cdiv` the one ceiling division).
 Blocks come from a free list and only the last block of a sequence can be partly
 empty: waste is bounded by ``block_size - 1`` slots per sequence, instead of the
 reserved-but-unused tail that contiguous allocation pays (see :mod:`inferlab.memsim`).
@@ -38,7 +39,7 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-__all__ = ["Block", "BlockAllocator", "OutOfBlocks", "block_hash", "cdiv"]
+__all__ = ["Block", "BlockAllocator", "OutOfBlocks", "block_hash", "cdiv", "slot_for", "slot_mapping"]
 
 NO_HASH = None  # the chain's start: the parent hash of a sequence's first block
 
@@ -61,6 +62,20 @@ class OutOfBlocks(RuntimeError):
 def cdiv(a: int, b: int) -> int:
     """Ceiling division: how many blocks of ``b`` slots hold ``a`` tokens."""
     return -(-a // b)
+
+
+def slot_for(block_table: Sequence[int], position: int, block_size: int) -> int:
+    """The KV-cache slot of token ``position``: its block's first slot plus its offset.
+
+    The one place the paged address is computed (Kwon et al. 2023, §4.2): a block table
+    maps logical block ``position // block_size`` to a physical block.
+    """
+    return block_table[position // block_size] * block_size + position % block_size
+
+
+def slot_mapping(block_table: Sequence[int], start: int, end: int, block_size: int) -> list[int]:
+    """Slots of tokens ``start..end-1`` of one sequence, for writing their K/V."""
+    return [slot_for(block_table, i, block_size) for i in range(start, end)]
 
 
 def block_hash(parent_hash: int | None, token_ids: Sequence[int]) -> int:
@@ -174,15 +189,13 @@ class BlockAllocator:
 
     def slot(self, seq_id: Hashable, position: int) -> int:
         """The KV-cache slot of token ``position``: ``block * block_size + offset``."""
-        table = self._seq(seq_id).block_table
-        return table[position // self.block_size] * self.block_size + position % self.block_size
+        return slot_for(self._seq(seq_id).block_table, position, self.block_size)
 
     def slot_mapping(self, seq_id: Hashable, start: int = 0, end: int | None = None) -> list[int]:
         """Slots of tokens ``start..end-1`` (default: all), for writing K/V of those tokens."""
         seq = self._seq(seq_id)
         end = len(seq.token_ids) if end is None else end
-        bs, table = self.block_size, seq.block_table
-        return [table[i // bs] * bs + i % bs for i in range(start, end)]
+        return slot_mapping(seq.block_table, start, end, self.block_size)
 
     def can_allocate(self, num_tokens: int | Sequence[int]) -> bool:
         """Could ``allocate`` succeed for a prompt of this many tokens (or these token ids)?
