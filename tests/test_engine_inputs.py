@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from inferlab import LLM, SamplingParams
-from inferlab.engine import ContinuousBatcher, RequestTooLarge, SeedStyleBatcher, StaticBatcher
+from inferlab.engine import ContinuousBatcher, RequestTooLarge, StaticBatcher
+from inferlab.naive import TutorialBatcher
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,13 @@ def test_batchers_share_the_seed_interface_and_agree():
     assert set(results["ContinuousBatcher"]) == set(prompts)
 
 
-def test_seed_style_batcher_reads_pad_logits():
+def test_tutorial_batcher_reads_pad_logits():
     """With prompts of different lengths, the seed's recipe changes the short prompt's text."""
     import inferlab as il
 
     model, tok = il.load_model("tiny", device="cpu", dtype="float32")
     short, long = "def f(x):", "import os\nimport sys\n\nclass Config:\n    def __init__(self, path):\n        self.path"
-    seed = SeedStyleBatcher(model, tok)
+    seed = TutorialBatcher(model, tok)
     right = ContinuousBatcher(model, tok)
     for b in (seed, right):
         b.add_request("short", short, 8)

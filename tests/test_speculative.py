@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from inferlab.naive import tutorial_speculative_step
 from inferlab.speculative import (
     BONUS,
     RESAMPLED,
@@ -23,7 +24,6 @@ from inferlab.speculative import (
     lookup_continuation,
     optimal_k,
     plain_generate,
-    seed_style_speculative_step,
     speculative_sampling_step,
     warp_probabilities,
 )
@@ -108,7 +108,7 @@ def test_exact_rule_acceptance_matches_overlap():
 
 def test_seed_rule_is_biased():
     """The seed lesson's rule (wrong on purpose) does not produce the target's first-token distribution."""
-    p, _, drafts, outcome = _simulate(seed_style_speculative_step)
+    p, _, drafts, outcome = _simulate(tutorial_speculative_step)
     first = torch.where(outcome.num_accepted > 0, drafts[:, 0], outcome.next_token)
     assert chi_square_pvalue(torch.bincount(first, minlength=V).double(), p[0].double()) < 1e-12
 
@@ -118,7 +118,7 @@ def test_seed_rule_is_biased_even_at_k1():
     p, q = _controlled()
     g = torch.Generator().manual_seed(3)
     drafts = torch.multinomial(q[0], TRIALS, replacement=True, generator=g)[:, None]
-    outcome = seed_style_speculative_step(drafts, q[:1].expand(TRIALS, 1, V), p[:2].expand(TRIALS, 2, V), g)
+    outcome = tutorial_speculative_step(drafts, q[:1].expand(TRIALS, 1, V), p[:2].expand(TRIALS, 2, V), g)
     first = torch.where(outcome.num_accepted > 0, drafts[:, 0], outcome.next_token)
     counts = torch.bincount(first, minlength=V).double()
     beta = torch.minimum(p[0], q[0]).sum()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inferlab.naive import tutorial_speculative_step
 from inferlab.speculative import (
     SpeculativeDecoder,
     chi_square_pvalue,
     first_step_samples,
-    seed_style_speculative_step,
     target_next_token_probs,
     warp_probabilities,
 )
@@ -63,7 +63,7 @@ def test_seed_rule_is_biased_on_the_tiny_pair(pair):
     p = target_next_token_probs(target, ids, TEMPERATURE, TOP_P).double()
     ours = first_step_samples(target, draft, ids, 1000, k=3, temperature=TEMPERATURE, top_p=TOP_P, seed=1)
     seeds = first_step_samples(target, draft, ids, 1000, k=3, temperature=TEMPERATURE, top_p=TOP_P, seed=1,
-                               rule=seed_style_speculative_step)
+                               rule=tutorial_speculative_step)
     assert chi_square_pvalue(torch.bincount(ours, minlength=p.numel()).double(), p) > 1e-4
     assert chi_square_pvalue(torch.bincount(seeds, minlength=p.numel()).double(), p) < 1e-8
 

@@ -18,10 +18,10 @@ The rule (:func:`speculative_sampling_step`), for draft token ``x_i ~ q_i``:
 Greedy decoding (temperature 0) is the limit: accept the longest prefix that matches the
 target's argmax, then append the target's own next token.
 
-The seed lesson's version breaks the rule in three ways (replacement drawn from the target,
+A widely copied tutorial breaks the rule in three ways (replacement drawn from the target,
 at the last draft position instead of the rejected one, and no bonus token), so its output
-is *not* the target's distribution. :func:`seed_style_speculative_step` re-creates that
-flawed rule on purpose, so tests and notebook 05 can show the difference.
+is *not* the target's distribution; :func:`inferlab.naive.tutorial_speculative_step`
+re-creates that flawed rule on purpose, so tests and notebook 05 can show the difference.
 
 Batches: rows accept different numbers of tokens. All rows share one KV cache per model;
 slots of rejected tokens are cropped when every row rejected them, and otherwise stay in
@@ -168,32 +168,6 @@ def greedy_step(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Step
     num_accepted = matches.long().cumprod(dim=1).sum(dim=1)
     rows = torch.arange(draft_tokens.shape[0], device=draft_tokens.device)
     return StepOutcome(num_accepted, target_choice[rows, num_accepted])
-
-
-def seed_style_speculative_step(
-    draft_tokens: torch.Tensor,
-    draft_probs: torch.Tensor,
-    target_probs: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> StepOutcome:
-    """WRONG ON PURPOSE: the seed lesson's rule, re-created to show that its output is biased.
-
-    Same inputs as :func:`speculative_sampling_step`. The acceptance test is right, but after
-    a rejection the replacement is drawn from the *target* distribution (not from
-    norm(max(0, p − q))) and at the *last* draft position k − 1 (not at the rejected one),
-    and when all k are accepted no bonus token is added (``next_token`` is −1 then).
-    Accepted tokens then get counted twice: once through acceptance, once through the
-    replacement, so tokens the draft likes are over-produced. Do not use it to generate.
-    """
-    batch, k = draft_tokens.shape
-    p_at = target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
-    q_at = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
-    u = torch.rand(batch, k, generator=generator, device=draft_tokens.device)
-    accepted = u < (p_at / q_at).clamp(max=1.0)
-    num_accepted = accepted.long().cumprod(dim=1).sum(dim=1)
-    replacement = torch.multinomial(target_probs[:, k - 1], 1, generator=generator).squeeze(-1)
-    next_token = torch.where(num_accepted < k, replacement, torch.full_like(replacement, -1))
-    return StepOutcome(num_accepted, next_token)
 
 
 def emitted_tokens(draft_tokens: torch.Tensor, outcome: StepOutcome) -> list[list[int]]:
@@ -736,7 +710,7 @@ def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int
     """The first token emitted by one draft-and-verify round, ``num_samples`` times, in one batch.
 
     ``rule`` is :func:`speculative_sampling_step` or, to see the bias,
-    :func:`seed_style_speculative_step`. Both models read the prompt once; the caches are
+    :func:`inferlab.naive.tutorial_speculative_step`. Both models read the prompt once; the caches are
     then copied ``num_samples`` times, the draft proposes k tokens per copy and the target
     scores them in one call, so comparing rules costs a few forward passes.
     """

@@ -317,19 +317,20 @@ fig.show()
 #    is its last token. For every shorter row it is a **pad** position: the model predicts
 #    what follows "…prompt, pad, pad, pad", not what follows the prompt.
 #
-# `SeedStyleBatcher` re-creates that behaviour (wrong on purpose); `ContinuousBatcher` is
+# `TutorialBatcher` re-creates that behaviour (wrong on purpose); `ContinuousBatcher` is
 # the same interface on our engine.
 
 # %%
-from inferlab.engine import ContinuousBatcher, SeedStyleBatcher
+from inferlab.engine import ContinuousBatcher
+from inferlab.naive import TutorialBatcher
 
-seed_style = SeedStyleBatcher(hf_model, tok, max_batch_size=8)
+tutorial = TutorialBatcher(hf_model, tok, max_batch_size=8)
 done_right = ContinuousBatcher(MODEL, device=DEVICE, max_batch_size=8)
-for batcher in (seed_style, done_right):
+for batcher in (tutorial, done_right):
     for i, p in enumerate(prompts):
         batcher.add_request(f"req{i}", p, max_tokens=24)
 t0 = time.perf_counter()
-wrong = seed_style.run()
+wrong = tutorial.run()
 t_wrong = time.perf_counter() - t0
 t0 = time.perf_counter()
 right = done_right.run()
@@ -338,13 +339,13 @@ for i, p in enumerate(prompts):
     rid = f"req{i}"
     print(f"{len(tok.encode(p)):3d}-token prompt {p[:24]!r:28} same text as generate: {wrong[rid] == right[rid]}")
 for i in (0, 2):
-    print(f"\n{prompts[i]!r}\n   seed-style: {wrong[f'req{i}'][:70]!r}\n   generate  : {right[f'req{i}'][:70]!r}")
+    print(f"\n{prompts[i]!r}\n   tutorial: {wrong[f'req{i}'][:70]!r}\n   generate  : {right[f'req{i}'][:70]!r}")
 
 # %%
 ours_tokens = sum(r.num_tokens for r in done_right.trace)
-print(f"token positions run: seed-style {seed_style.tokens_processed}, engine {ours_tokens} "
-      f"({seed_style.tokens_processed / ours_tokens:.1f}x more)")
-print(f"wall time: seed-style {t_wrong:.2f} s, engine {t_right:.2f} s")
+print(f"token positions run: tutorial {tutorial.tokens_processed}, engine {ours_tokens} "
+      f"({tutorial.tokens_processed / ours_tokens:.1f}x more)")
+print(f"wall time: tutorial {t_wrong:.2f} s, engine {t_right:.2f} s")
 
 # %% [markdown]
 # The fix is three things: a KV cache (compute only new tokens), no padding in attention

@@ -37,6 +37,7 @@ if torch.cuda.is_available():
 import inferlab as il
 from inferlab.bench import load_result
 from inferlab.bench import speculative as bench
+from inferlab.naive import tutorial_speculative_step
 from inferlab.speculative import (
     PromptLookupDecoder,
     SpeculativeDecoder,
@@ -45,10 +46,9 @@ from inferlab.speculative import (
     expected_tokens_per_step,
     first_step_samples,
     plain_generate,
-    seed_style_speculative_step,
     target_next_token_probs,
 )
-from inferlab.speculative_viz import distribution_figure, provenance_text, show_provenance, total_variation
+from inferlab.viz.speculative import distribution_figure, provenance_text, show_provenance
 from inferlab.viz import setup_plotly
 
 setup_plotly()
@@ -231,7 +231,7 @@ else:
 # replacement **from the target's distribution itself** instead of the residual, reads that
 # distribution **at the last draft position** instead of the rejected one, recomputes the draft's
 # probabilities, keeps no KV cache and never adds a bonus token. The first two change *what* it
-# generates. `seed_style_speculative_step` re-creates its rule (wrong on purpose); below, both rules
+# generates. `tutorial_speculative_step` re-creates its rule (wrong on purpose); below, both rules
 # run one draft-and-verify round `SAMPLES` times from the same prompt, and we compare the first
 # generated token with the target's exact distribution.
 
@@ -241,15 +241,17 @@ T, TOP_P = 1.0, 0.9  # top-p keeps the support small enough to compare with a fe
 p_exact = target_next_token_probs(target, probe, temperature=T, top_p=TOP_P)
 ours_tokens = first_step_samples(target, draft, probe, SAMPLES, k=3, temperature=T, top_p=TOP_P, seed=1)
 seed_tokens = first_step_samples(target, draft, probe, SAMPLES, k=3, temperature=T, top_p=TOP_P, seed=1,
-                                 rule=seed_style_speculative_step)
+                                 rule=tutorial_speculative_step)
 torch.manual_seed(1)
 target_tokens = torch.multinomial(p_exact, SAMPLES, replacement=True)
+frequencies = {}  # observed share of each first token, per sampler
 for label, tokens in (("target alone", target_tokens), ("ours", ours_tokens), ("seed's rule", seed_tokens)):
     counts = torch.bincount(tokens, minlength=p_exact.numel())
-    print(f"{label:13s} total variation {total_variation(p_exact, tokens):.3f}   "
+    frequencies[label] = counts.double() / len(tokens)
+    total_variation = 0.5 * float((frequencies[label] - p_exact.double()).abs().sum())  # half the L1 distance
+    print(f"{label:13s} total variation {total_variation:.3f}   "
           f"chi-square p-value {chi_square_pvalue(counts, p_exact):.2g}")
-distribution_figure(tok, p_exact, {"target alone (sampled)": target_tokens, "ours": ours_tokens,
-                                   "seed's rule": seed_tokens}).show()
+distribution_figure(tok, p_exact, frequencies).show()
 
 # %% [markdown]
 # Sampling noise alone leaves some total variation with a few hundred samples (the "target alone"

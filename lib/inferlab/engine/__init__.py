@@ -10,12 +10,12 @@ The split follows nano-vllm, the names follow vLLM:
 - :mod:`~inferlab.engine.sampler`         greedy, temperature, top-k, top-p, per-request seeds
 - :mod:`~inferlab.engine.llm_engine`      ``LLMEngine.step()``: schedule, run, sample, finish
 - :mod:`~inferlab.engine.llm`             ``LLM.generate`` / ``LLM.stream``
-- :mod:`~inferlab.engine.compat`          the seed's ``VLLMInference``, working
-- :mod:`~inferlab.engine.batchers`        the seed's ``ContinuousBatcher`` interface done right,
-  ``StaticBatcher``, and ``SeedStyleBatcher`` (the seed's behaviour, wrong on purpose)
+- :mod:`~inferlab.engine.compat`          the tutorial's ``VLLMInference``, working
+- :mod:`~inferlab.engine.batchers`        the tutorial's ``ContinuousBatcher`` interface done right,
+  and ``StaticBatcher``
 """
 
-from inferlab.engine.batchers import ContinuousBatcher, SeedStyleBatcher, StaticBatcher
+from inferlab.engine.batchers import ContinuousBatcher, StaticBatcher
 from inferlab.engine.compat import VLLMInference
 from inferlab.engine.llm import LLM, build_engine
 from inferlab.engine.llm_engine import LLMEngine, RequestTooLarge, StepRecord
@@ -26,5 +26,5 @@ from inferlab.engine.sampling_params import SamplingParams
 __all__ = [
     "LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "LLMEngine", "RequestTooLarge",
     "StepRecord", "ModelConfig", "ModelRunner", "ContinuousBatcher", "StaticBatcher",
-    "SeedStyleBatcher", "build_engine", "VLLMInference",
+    "build_engine", "VLLMInference",
 ]
