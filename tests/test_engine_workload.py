@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from inferlab.engine import LLMEngine, ModelRunner
-from inferlab.engine.viz import assign_slots, latency_vs_rate, pool_usage, slot_gantt
+from inferlab.viz.batching import assign_slots, latency_vs_rate, pool_usage, slot_gantt
 from inferlab.engine.workload import (
     NullTokenizer,
     run_engine,

@@ -145,9 +145,10 @@ print("layer 0 keys, shape [batch, K/V heads, tokens, head_dim]:", layer0)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from inferlab.kvcache_viz import per_token_text
+from inferlab.kvcache import per_token_table
+from inferlab.viz.kvcache import per_token_text
 
-print(per_token_text(dtype="float16"))
+print(per_token_text(per_token_table(dtype="float16")))
 
 # %% [markdown]
 # ## 5. Myth vs measured
@@ -166,12 +167,12 @@ for name in ["llama-2-7b", "llama-3-8b", "llama-3-70b", "qwen2.5-7b"]:
           f"   overstated {myth / real:.0f}x")
 
 # %%
-from inferlab.kvcache_viz import gqa_myth_figure
 from inferlab.viz import setup_plotly
+from inferlab.viz.kvcache import gqa_myth_figure
 
 setup_plotly()
-gqa_myth_figure(["llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "llama-3-70b", "llama-3.1-405b",
-                 "gemma-2-9b", "deepseek-v3"]).show()
+gqa_myth_figure(per_token_table(["llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "llama-3-70b",
+                                 "llama-3.1-405b", "gemma-2-9b", "deepseek-v3"], "float16")).show()
 
 # %% [markdown]
 # | what is often said | what we measured |
@@ -194,7 +195,7 @@ gqa_myth_figure(["llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b", "llama-
 # replicated on every GPU.)
 
 # %%
-from inferlab.kvcache_viz import calculator, calculator_view
+from inferlab.viz.kvcache import calculator, calculator_view
 
 _ = calculator(model=CALC_MODEL, seq_len=CALC_CONTEXT, batch_size=CALC_BATCH, gpu=CALC_GPU)
 
@@ -202,7 +203,10 @@ _ = calculator(model=CALC_MODEL, seq_len=CALC_CONTEXT, batch_size=CALC_BATCH, gp
 # Without a live widget (on GitHub, nbviewer), here is the default setting, drawn once:
 
 # %%
-plan, fig = calculator_view(CALC_MODEL, CALC_CONTEXT, CALC_BATCH, gpu=CALC_GPU)
+from inferlab.kvcache import gpu_memory_bytes, memory_plan
+
+plan = memory_plan(CALC_MODEL, gpu_memory_bytes(CALC_GPU), CALC_CONTEXT, batch_size=CALC_BATCH)
+fig = calculator_view(plan, CALC_GPU, CALC_BATCH)
 
 # %% [markdown]
 # How many 8K-token users fit, GPU by GPU, with the weights in bf16, for a GQA model and an
@@ -247,9 +251,11 @@ for tp in [1, 2, 4, 8, 16]:
 # And the cache of one sequence as it grows, for models with and without windows:
 
 # %%
-from inferlab.kvcache_viz import context_sweep_figure
+from inferlab.viz.kvcache import context_sweep_figure
 
-context_sweep_figure(["llama-2-7b", "llama-3-8b", "mistral-7b", "gemma-2-9b", "qwen2.5-7b", "deepseek-v3"]).show()
+contexts = [2**k for k in range(8, 18)]
+sweep_models = ["llama-2-7b", "llama-3-8b", "mistral-7b", "gemma-2-9b", "qwen2.5-7b", "deepseek-v3"]
+context_sweep_figure(contexts, {m: [kv_cache_bytes(m, c, 1, "float16") for c in contexts] for m in sweep_models}).show()
 
 # %% [markdown]
 # ## 7. The second bottleneck: bytes per FLOP
@@ -304,7 +310,7 @@ print(f"\nbatch-1 decode ceiling: {rl.decode_tokens_per_s_bound('llama-3.2-1b', 
 # %%
 from inferlab.bench import load_result
 from inferlab.bench import roofline as bench
-from inferlab.kvcache_viz import roofline_text
+from inferlab.viz.kvcache import roofline_text
 
 live = bench.run(DEVICE, progress=False, model=ROOFLINE_MODEL, batch_sizes=BATCH_SIZES, context=CONTEXT,
                  steps=STEPS, prompt_lens=PROMPT_LENS, copy_bytes=COPY_BYTES, matmul_n=MATMUL_N, generate_tokens=16)
@@ -317,7 +323,7 @@ else:
     print("\nNo recorded H200 run yet (data/results/roofline-h200.json): scripts/gpu/roofline.sh makes one.")
 
 # %%
-from inferlab.kvcache_viz import decode_batch_figure, roofline_figure
+from inferlab.viz.kvcache import decode_batch_figure, roofline_figure
 
 runs = {f"live {live['device']}": live, "recorded H200": recorded}
 roofline_figure(runs).show()

@@ -104,7 +104,7 @@ print("after free:", alloc.num_free_blocks, "free blocks")
 # %%
 import matplotlib.pyplot as plt
 
-from inferlab.paging_viz import draw_block_tables
+from inferlab.viz.paging import draw_block_tables
 
 pool = BlockAllocator(num_blocks=16, block_size=4)
 pool.allocate("sample-0", list(range(10)))  # 10 prompt tokens: blocks 0, 1 full, block 2 half full
@@ -135,7 +135,7 @@ print("blocks used:", pool.num_used_blocks, "instead of", 4 * 3, "without sharin
 
 # %%
 from inferlab import memsim
-from inferlab.paging_viz import memory_map_animation
+from inferlab.viz.paging import memory_map_animation
 from inferlab.viz import setup_plotly
 
 setup_plotly()
@@ -170,7 +170,7 @@ fig2 = memsim.compare_allocators(trace, memory_tokens=MEMORY_TOKENS, block_size=
 print(memsim.format_fig2(fig2))
 
 # %%
-from inferlab.paging_viz import fig2_figure
+from inferlab.viz.paging import fig2_figure
 
 fig2_figure(fig2, memsim.PAPER_FIG2_TOKEN_STATES).show()
 
@@ -188,7 +188,7 @@ fig2_figure(fig2, memsim.PAPER_FIG2_TOKEN_STATES).show()
 # attention kernel) but more empty slots in each sequence's last block.
 
 # %%
-from inferlab.paging_viz import block_size_sweep_figure
+from inferlab.viz.paging import block_size_sweep_figure
 
 sweep = memsim.block_size_sweep(trace[:200], MEMORY_TOKENS, block_sizes=(1, 4, 8, 16, 32, 64, 128, 256))
 block_size_sweep_figure(sweep).show()
@@ -215,7 +215,7 @@ for row in sweep:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from inferlab.paging_viz import prefix_sharing_figure
+from inferlab.viz.paging import prefix_sharing_figure
 
 shared = memsim.prefix_sharing(num_requests=64, system_prompt_len=500, user_len_mean=40, block_size=BLOCK_SIZE)
 print(f"hit rate {100 * shared['hit_rate']:.1f}% of prompt tokens; blocks {shared['blocks_without_caching']} -> "
@@ -244,7 +244,7 @@ for mode, pts in ours.items():
           + f"   paper: {100 * lo:.1f}% - {100 * hi:.1f}%")
 
 # %%
-from inferlab.paging_viz import sharing_figure
+from inferlab.viz.paging import sharing_figure
 
 sharing_figure(ours, memsim.PAPER_SHARING_SAVINGS_ALPACA).show()
 

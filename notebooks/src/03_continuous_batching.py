@@ -146,7 +146,7 @@ print("(p = prefill tokens, d = decode token; request ids are the prompt numbers
 
 # %%
 from inferlab.engine import LLMEngine
-from inferlab.engine.viz import latency_vs_rate, pool_usage, slot_gantt
+from inferlab.viz.batching import latency_vs_rate, pool_usage, slot_gantt
 from inferlab.engine.workload import run_engine, static_decode_waste, synthetic_requests
 
 

@@ -1,4 +1,12 @@
-"""Plot settings shared by every notebook.
+"""Drawing: plot settings shared by every notebook, and one module per topic.
+
+- :mod:`inferlab.viz.kvcache`      notebook 01: memory calculator, per-token tables, roofline
+- :mod:`inferlab.viz.paging`       notebook 02: memory maps, Fig. 2 breakdown, block tables, sharing
+- :mod:`inferlab.viz.batching`     notebook 03: engine step traces (slot Gantt, pool usage), latency vs rate
+- :mod:`inferlab.viz.speculative`  notebook 05: token provenance, first-token distributions
+
+Every drawing function takes results computed elsewhere (the technique module, a benchmark
+or the notebook) and returns a figure or text; none of them runs a model or a simulation.
 
 Plotly figures are stored as JSON (``plotly_mimetype``) plus a small loader that fetches
 plotly.js when a page is opened (``notebook_connected``), never with the whole library

@@ -1,7 +1,9 @@
 """Drawings for notebook 01: the GPU-memory calculator, per-token tables and the roofline.
 
-The numbers come from :mod:`inferlab.kvcache` and :mod:`inferlab.roofline`; this module only
-lays them out (plotly for interactive figures, plain text for tables that nbval checks).
+The numbers come from :mod:`inferlab.kvcache` and :mod:`inferlab.roofline` (computed by the
+caller); this module only lays them out: plotly for interactive figures, plain text for tables
+that nbval checks. The one exception is :func:`calculator`, a widget that recomputes a
+:func:`inferlab.kvcache.memory_plan` each time a control moves.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ KV_DTYPE_CHOICES = ["float16", "bfloat16", "fp8", "int8", "int4", "float32"]
 # ---------------------------------------------------------------------------------------
 
 
-def per_token_text(rows: list[dict[str, Any]] | None = None, dtype: str = "float16") -> str:
+def per_token_text(rows: list[dict[str, Any]]) -> str:
     """A fixed-width table of :func:`inferlab.kvcache.per_token_table` rows (deterministic)."""
-    rows = rows or kv.per_token_table(dtype=dtype)
     head = (f"{'model':<15} {'attn':<4} {'layers':>6} {'heads':>5} {'kv':>4} {'hdim':>4} "
             f"{'KV/token':>11} {'n_heads formula':>15} {'params':>8} {'one sequence':>23}")
     lines = [head, "-" * len(head)]
@@ -82,17 +83,19 @@ def memory_figure(plan: dict[str, Any], gpu: str = ""):
     return fig
 
 
-def calculator_view(model: str = "llama-3-8b", seq_len: int = 8192, batch_size: int = 16,
-                    kv_dtype: str = "float16", tp_size: int = 1, gpu: str = "H100 80 GB",
-                    weight_dtype: str = "bfloat16", reserve_fraction: float = 0.1, show: bool = True):
-    """Compute, describe and draw one setting of the calculator; returns ``(plan, figure)``."""
-    plan = kv.memory_plan(model, kv.gpu_memory_bytes(gpu), seq_len, kv_dtype, weight_dtype,
-                          reserve_fraction, tp_size, batch_size)
+def calculator_view(plan: dict[str, Any], gpu: str = "", batch_size: int | None = None, show: bool = True):
+    """Describe and draw one :func:`inferlab.kvcache.memory_plan`; returns its figure."""
     fig = memory_figure(plan, gpu)
     if show:
         print(describe_plan(plan, gpu, batch_size))
         fig.show()
-    return plan, fig
+    return fig
+
+
+def _plan_and_view(model: str, seq_len: int, batch_size: int, kv_dtype: str, tp_size: int, gpu: str) -> None:
+    """One setting of the calculator's controls: compute the plan, then draw it."""
+    plan = kv.memory_plan(model, kv.gpu_memory_bytes(gpu), seq_len, kv_dtype, tp_size=tp_size, batch_size=batch_size)
+    calculator_view(plan, gpu, batch_size)
 
 
 def calculator(**defaults: Any):
@@ -102,7 +105,7 @@ def calculator(**defaults: Any):
     start = {"model": "llama-3-8b", "seq_len": 8192, "batch_size": 16, "kv_dtype": "float16",
              "tp_size": 1, "gpu": "H100 80 GB", **defaults}
     if not widgets_available():
-        return calculator_view(**start)
+        return _plan_and_view(**start)
     import ipywidgets as w
 
     controls = dict(
@@ -113,14 +116,14 @@ def calculator(**defaults: Any):
         tp_size=w.Dropdown(options=[1, 2, 4, 8, 16], value=start["tp_size"], description="TP degree"),
         gpu=w.Dropdown(options=list(kv.GPUS), value=start["gpu"], description="GPU"),
     )
-    return w.interact(lambda **kw: calculator_view(**kw) and None, **controls)
+    return w.interact(_plan_and_view, **controls)
 
 
-def gqa_myth_figure(names: list[str] | None = None, dtype: str = "float16"):
-    """Bars per model: KV bytes per token with ``n_heads`` (the myth) vs the real cache."""
+def gqa_myth_figure(rows: list[dict[str, Any]], dtype: str = "float16"):
+    """Bars per model of :func:`inferlab.kvcache.per_token_table` rows: KV bytes per token with
+    ``n_heads`` (the myth) vs the real cache."""
     import plotly.graph_objects as go
 
-    rows = kv.per_token_table(names, dtype)
     x = [f"{r['model']} ({r['attention']})" for r in rows]
     fig = go.Figure([
         go.Bar(x=x, y=[r["naive_per_token"] / 1024 for r in rows], name="formula with n_heads", marker_color=PALETTE[9]),
@@ -132,15 +135,15 @@ def gqa_myth_figure(names: list[str] | None = None, dtype: str = "float16"):
     return fig
 
 
-def context_sweep_figure(names: list[str], dtype: str = "float16", contexts: list[int] | None = None):
-    """KV of one sequence vs context length: windows flatten the curve (Mistral) or halve its slope (Gemma-2)."""
+def context_sweep_figure(contexts: list[int], cache_bytes: dict[str, list[int]], dtype: str = "float16"):
+    """KV of one sequence (``cache_bytes[model][i]`` at ``contexts[i]`` tokens) vs context length:
+    windows flatten the curve (Mistral) or halve its slope (Gemma-2)."""
     import plotly.graph_objects as go
 
-    contexts = contexts or [2**k for k in range(8, 18)]
     fig = go.Figure()
-    for i, name in enumerate(names):
-        fig.add_scatter(x=contexts, y=[kv.kv_cache_bytes(name, c, 1, dtype) / 2**30 for c in contexts],
-                        name=name, mode="lines+markers", line_color=PALETTE[i % len(PALETTE)])
+    for i, (name, sizes) in enumerate(cache_bytes.items()):
+        fig.add_scatter(x=contexts, y=[b / 2**30 for b in sizes], name=name, mode="lines+markers",
+                        line_color=PALETTE[i % len(PALETTE)])
     fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="tokens in the sequence",
                       yaxis_title=f"KV cache, GiB ({dtype})", title="One sequence's KV cache vs its length", height=420)
     return fig

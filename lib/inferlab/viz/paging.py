@@ -2,7 +2,7 @@
 
 Plotly for the interactive figures (memory-map animation, bars), matplotlib for the static
 block-table diagrams. Every function returns its figure; nothing here computes results
-(see :mod:`inferlab.memsim` and :mod:`inferlab.paging`).
+(see :mod:`inferlab.paging_sim` and :mod:`inferlab.paging`).
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ def show_provenance(tokenizer, output: SpeculativeOutput, row: int = 0) -> None:
         print(provenance_text(output, row))
 
 
-def distribution_figure(tokenizer, target_probs: torch.Tensor, samples: dict[str, torch.Tensor], top: int = 12):
-    """Plotly bars: the target's probabilities of its ``top`` likeliest tokens vs each sampler's frequencies."""
+def distribution_figure(tokenizer, target_probs: torch.Tensor, frequencies: dict[str, torch.Tensor], top: int = 12):
+    """Plotly bars: the target's probabilities of its ``top`` likeliest tokens vs each sampler's
+    observed frequencies (``frequencies[label]``: one number per vocabulary entry, summing to 1)."""
     import plotly.graph_objects as go
 
     from inferlab.viz import PALETTE
@@ -55,15 +56,8 @@ def distribution_figure(tokenizer, target_probs: torch.Tensor, samples: dict[str
     order = target_probs.argsort(descending=True)[:top]
     names = [repr(tokenizer.decode([int(t)])) for t in order]
     fig = go.Figure(go.Bar(name="target p (exact)", x=names, y=target_probs[order].tolist(), marker_color="#444"))
-    for i, (label, tokens) in enumerate(samples.items()):
-        freq = torch.bincount(tokens, minlength=target_probs.numel()).double() / len(tokens)
+    for i, (label, freq) in enumerate(frequencies.items()):
         fig.add_bar(name=label, x=names, y=freq[order].tolist(), marker_color=PALETTE[i % len(PALETTE)])
     fig.update_layout(barmode="group", height=360, yaxis_title="probability", xaxis_title="first generated token",
                       title="First-token distribution: exact target vs samplers")
     return fig
-
-
-def total_variation(target_probs: torch.Tensor, tokens: torch.Tensor) -> float:
-    """Half the L1 distance between the target's distribution and the samples' frequencies."""
-    freq = torch.bincount(tokens, minlength=target_probs.numel()).double() / len(tokens)
-    return 0.5 * float((freq - target_probs.double()).abs().sum())
