@@ -6,7 +6,7 @@ import torch
 
 from inferlab.engine import LLMEngine, ModelRunner
 from inferlab.viz.batching import assign_slots, latency_vs_rate, pool_usage, slot_gantt
-from inferlab.engine.workload import (
+from inferlab.bench.workloads import (
     NullTokenizer,
     run_engine,
     static_decode_waste,

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import inferlab as il
-from inferlab.loading import ModelNotFound, pick_dtype, resolve_model_path
+from inferlab.device import pick_device, time_fn, torch_dtype
+from inferlab.hub import ModelNotFound, random_init, resolve_model_path
 from inferlab.paths import models_dir
 
 
@@ -107,11 +108,11 @@ def test_weights_only_through_safetensors(tmp_path, tiny):
 
 
 def test_dtype_choice():
-    assert pick_dtype("cpu") == torch.float32
-    assert pick_dtype("mps") == torch.float16
-    assert pick_dtype("cpu", "bf16") == torch.bfloat16
+    assert torch_dtype(None, "cpu") == torch.float32
+    assert torch_dtype(None, "mps") == torch.float16
+    assert torch_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
-        pick_dtype("cpu", "float12")
+        torch_dtype("float12", "cpu")
 
 
 def test_bad_device_is_a_clear_error():
@@ -132,3 +133,33 @@ def test_env_report_has_the_essentials(capsys):
     printed = capsys.readouterr().out
     for key in ("torch", "transformers", "device", "python"):
         assert key in info and key in printed
+
+
+def test_one_dtype_alias_table_and_device_env(monkeypatch):
+    for alias in ("bf16", "bfloat16", "torch.bfloat16", torch.bfloat16):
+        assert torch_dtype(alias) == torch.bfloat16
+    assert torch_dtype("half") == torch_dtype("fp16") == torch.float16
+    assert torch_dtype("float") == torch_dtype("fp32") == torch.float32
+    monkeypatch.setenv("INFERLAB_DEVICE", "cpu")
+    assert pick_device() == "cpu"
+    monkeypatch.setenv("INFERLAB_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device()
+
+
+def test_time_fn_times_each_call_after_warmup():
+    calls = []
+    seconds = time_fn(lambda: calls.append(1), "cpu", repeats=3, warmup=2)
+    assert len(seconds) == 3 and len(calls) == 5
+    assert all(s >= 0 for s in seconds)
+
+
+def test_random_init_builds_the_shape_on_the_device_in_the_dtype():
+    shape = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    a = random_init(shape, "cpu", "bf16", seed=3)
+    b = random_init(shape, "cpu", torch.bfloat16, seed=3)
+    assert not a.training and a.dtype == torch.bfloat16 and a.config.num_key_value_heads == 2
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)  # seeded: same weights
+    assert torch.get_default_dtype() == torch.float32  # the default is restored

@@ -3,7 +3,8 @@
 The top level stays light (importing it does not import torch); each technique
 lives in its own module:
 
-- ``inferlab.loading``      ``load_model``, ``env_report``, device and dtype choice
+- ``inferlab.device``       device and dtype choice, synchronize and timing, ``env_report``
+- ``inferlab.hub``          ``load_model``: embedded, local, hub or random-weight models
 - ``inferlab.tiny``         the embedded default models and how they are trained
 - ``inferlab.kvcache``      KV-cache sizing
 - ``inferlab.paging``       the paged KV block allocator (PagedAttention)
@@ -20,11 +21,11 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; resolved on first use so `import inferlab` is cheap.
 _LAZY = {
-    "load_model": "inferlab.loading",
-    "env_report": "inferlab.loading",
-    "pick_device": "inferlab.loading",
-    "pick_dtype": "inferlab.loading",
-    "EMBEDDED_MODELS": "inferlab.loading",
+    "load_model": "inferlab.hub",
+    "env_report": "inferlab.device",
+    "pick_device": "inferlab.device",
+    "torch_dtype": "inferlab.device",
+    "EMBEDDED_MODELS": "inferlab.hub",
     "LLM": "inferlab.engine",
     "SamplingParams": "inferlab.engine",
 }
