@@ -48,14 +48,14 @@ notebooks: $(STAMP)
 
 ## execute every notebook headless into build/, print seconds / peak RSS / status
 run: $(STAMP)
-	$(BIN)/python -m inferlab.nbtools run notebooks --out build
+	$(BIN)/python -m inferlab.tools.notebooks run notebooks --out build
 
 ## re-execute the notebook sources and store them with outputs (maintainers)
 build-notebooks: $(STAMP)
-	$(BIN)/python -m inferlab.nbtools build notebooks/src/*.py --out notebooks
+	$(BIN)/python -m inferlab.tools.notebooks build notebooks/src/*.py --out notebooks
 
 models: $(STAMP)
-	$(BIN)/python -m inferlab.tiny train --out data/models
+	$(BIN)/python -m inferlab.tools.train_tiny train --out data/models
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check lib tests

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inferlab.nbtools import check_notebook, read_source, with_header
+from inferlab.tools.notebooks import check_notebook, read_source, with_header
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -48,10 +48,10 @@ def test_hygiene_check_catches_problems(tmp_path):
 
 
 def test_make_run_reports_time_memory_and_failures(tmp_path, capsys):
-    """`make run` (nbtools run): a table row per notebook, peak RSS measured, non-zero exit on failure."""
+    """`make run` (tools.notebooks run): a table row per notebook, peak RSS measured, non-zero exit on failure."""
     import nbformat
 
-    from inferlab.nbtools import run_all
+    from inferlab.tools.notebooks import run_all
 
     src = tmp_path / "nbs"
     src.mkdir()

@@ -6,6 +6,6 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/lib
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch,transformers,tokenizers,sys;print(sys.version, torch.__version__, transformers.__version__, tokenizers.__version__)" | tee -a $OUT/gpu.txt
 mkdir -p /tmp/corpus && tar xJf .corpus/stdlib-3.11.7.tar.xz -C /tmp/corpus
-python3 -m inferlab.tiny train --out /tmp/models --stdlib /tmp/corpus/python3.11 2>&1 | tee $OUT/train.log
+python3 -m inferlab.tools.train_tiny train --out /tmp/models --stdlib /tmp/corpus/python3.11 2>&1 | tee $OUT/train.log
 cd /tmp/models && tar cf $OUT/tiny.tar tiny && tar cf $OUT/rest.tar tiny-draft README.md training.json
 ls -la $OUT

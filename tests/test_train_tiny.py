@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from inferlab import tiny
+from inferlab.tools import train_tiny as tiny
 
 FAKE_STDLIB = {
     "os.py": "import sys\n\ndef getcwd():\n    return '.'\n" * 40,
@@ -71,3 +71,17 @@ def test_training_end_to_end_writes_loadable_models_and_a_card(stdlib, tmp_path,
     assert 0 <= report["speculative_generation_acceptance"]["mean_accepted"] <= 4
     card = (out / "README.md").read_text()
     assert "held-out perplexity" in card and "sha256" in card and "def fibonacci(n):" in card
+
+
+def test_model_card_reads_every_number_from_the_report():
+    """The committed card is what model_card writes from the committed training.json."""
+    from inferlab.paths import models_dir
+    from inferlab.tools.model_card import model_card
+
+    report = json.loads((models_dir() / "training.json").read_text())
+    card = model_card(report)
+    assert f"{report['models']['tiny']['parameters']:,}" in card
+    assert f"{report['models']['tiny-draft']['heldout_perplexity']:.2f}" in card
+    assert "python -m inferlab.tools.train_tiny train" in card
+    committed = (models_dir() / "README.md").read_text()
+    assert card == committed

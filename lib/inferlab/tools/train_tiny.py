@@ -1,4 +1,4 @@
-"""The embedded default models: a small Llama target and a ~10x smaller draft.
+"""The trainer of the embedded default models: a small Llama target and a ~10x smaller draft.
 
 Both are trained here, with a fixed seed, on a corpus every Python user already has:
 the source files of the Python standard library. They exist so that every notebook
@@ -12,7 +12,8 @@ plausible Python and a draft that a speculative decoder can actually use.
   the target (Hinton et al., 2015; DistillSpec, Zhou et al., 2023) so that its greedy
   guesses agree with the target's more often, which is what speculative decoding pays for.
 
-Run ``python -m inferlab.tiny train --out data/models`` (a GPU makes it a few minutes).
+Run ``python -m inferlab.tools.train_tiny train --out data/models`` (``make models``; a GPU makes it
+a few minutes). The model card comes from :mod:`inferlab.tools.model_card`.
 """
 
 from __future__ import annotations
@@ -446,8 +447,8 @@ def greedy_completions(model, hf_tok, device, max_new_tokens: int = 48) -> list[
 
 
 def hardware() -> dict:
-    """The machine that trained the models (from :func:`inferlab.loading.env_report`)."""
-    from inferlab.loading import env_report
+    """The machine that trained the models (from :func:`inferlab.env_report`)."""
+    from inferlab.device import env_report
 
     env = env_report(print_it=False)
     info = {"cpu": platform.processor() or platform.machine(), "cpu_count": env["cpu_count"], "torch": env["torch"],
@@ -473,84 +474,120 @@ def save_model(model, hf_tok, path: Path, dtype="float16"):
     tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 
-def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, reuse_target: Path | None = None, log=print) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
-
-    torch.manual_seed(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    t_start = time.time()
-    corpus = load_corpus(stdlib)
-    log(f"corpus: {json.dumps(corpus['meta'])}")
+def _tokens(corpus: dict, cfg: TrainConfig, reuse_target: Path | None, log):
+    """The tokenizer (trained, or the reused target's) and the token streams of each split."""
     if reuse_target is not None:
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(Path(reuse_target) / "tokenizer.json"))
     else:
         tok = train_tokenizer(corpus["train"], cfg.vocab_size)
-    hf_tok = hf_tokenizer(tok)
-    train_stream = encode_stream(tok, corpus["train"])
-    held_stream = encode_stream(tok, corpus["heldout"])
-    log(f"tokens: train {len(train_stream):,}  held-out {len(held_stream):,}")
-    windows = heldout_windows(held_stream, cfg)
-    val_windows = heldout_windows(encode_stream(tok, corpus["validation"]), cfg)[:64]
+    streams = {split: encode_stream(tok, corpus[split]) for split in ("train", "heldout", "validation")}
+    log(f"tokens: train {len(streams['train']):,}  held-out {len(streams['heldout']):,}")
+    return tok, streams
 
-    report = {"train_config": asdict(cfg), "corpus": corpus["meta"], "hardware": hardware(), "models": {}}
-    report["corpus"]["train_tokens"] = int(len(train_stream))
-    report["corpus"]["heldout_tokens"] = int(len(held_stream))
-    report["corpus"]["heldout_bytes_per_token"] = corpus["meta"]["heldout_bytes"] / max(1, len(held_stream) - len(corpus["heldout"]))
 
-    if reuse_target is not None:  # keep an already trained target (and its tokenizer); retrain the draft
-        target = AutoModelForCausalLM.from_pretrained(reuse_target, dtype=torch.float32).to(device).eval()
-        previous = json.loads((Path(reuse_target).parent / "training.json").read_text())["models"]["tiny"]
-        t_target = (previous["train_seconds"], previous["kept_step"])
-        report["target_reused_from"] = str(reuse_target)
-        log(f"target: reused {reuse_target}")
-    else:
-        torch.manual_seed(cfg.seed)
-        target = LlamaForCausalLM(llama_config(TARGET, cfg, tok)).to(device)
+def _new_model(shape: ModelShape, cfg: TrainConfig, tok, seed: int, device: str):
+    """A freshly initialised Llama of ``shape``, built on the CPU with ``seed`` (the same
+    weights on every machine), then moved to ``device``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from inferlab.hub import random_init
+
+    model = random_init(llama_config(shape, cfg, tok), "cpu", torch.float32, seed, build=LlamaForCausalLM)
+    return model.to(device)
+
+
+def _load(path: Path, device: str):
+    """A saved model, reloaded in float32 for training or evaluation."""
+    from inferlab.hub import load_model
+
+    return load_model(path, device=device, dtype="float32")[0]
+
+
+def _target(tok, streams: dict, val_windows, cfg: TrainConfig, device: str, reuse_target, report: dict, log):
+    """Train the target, or reuse an already trained one: ``(model, (seconds, kept step))``."""
+    if reuse_target is None:
+        target = _new_model(TARGET, cfg, tok, cfg.seed, device)
         log(f"target: {count_parameters(target):,} parameters")
-        t_target = train_model(target, [train_stream], cfg, cfg.target_steps, cfg.lr, device, val_windows=val_windows, log=log)
+        return target, train_model(target, [streams["train"]], cfg, cfg.target_steps, cfg.lr, device,
+                                   val_windows=val_windows, log=log)
+    previous = json.loads((Path(reuse_target).parent / "training.json").read_text())["models"]["tiny"]
+    report["target_reused_from"] = str(reuse_target)
+    log(f"target: reused {reuse_target}")
+    return _load(reuse_target, device), (previous["train_seconds"], previous["kept_step"])
 
+
+def _draft(target, tok, streams: dict, val_windows, cfg: TrainConfig, device: str, report: dict, log):
+    """Distil the draft from the target, on stdlib code and on text the target writes itself."""
     t0 = time.time()
-    own_text = onpolicy_stream(target, train_stream, cfg, device, log=log)
+    own_text = onpolicy_stream(target, streams["train"], cfg, device, log=log)
     report["onpolicy"] = {"tokens": int(len(own_text)), "seconds": round(time.time() - t0, 1),
                           "temperature": cfg.onpolicy_temperature}
-    torch.manual_seed(cfg.seed + 1)
-    draft = LlamaForCausalLM(llama_config(DRAFT, cfg, tok)).to(device)
+    draft = _new_model(DRAFT, cfg, tok, cfg.seed + 1, device)
     log(f"draft: {count_parameters(draft):,} parameters")
-    t_draft = train_model(draft, [train_stream, own_text], cfg, cfg.draft_steps, cfg.draft_lr, device,
-                          teacher=target, val_windows=val_windows, log=log)
+    return draft, train_model(draft, [streams["train"], own_text], cfg, cfg.draft_steps, cfg.draft_lr, device,
+                              teacher=target, val_windows=val_windows, log=log)
 
+
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _evaluate(out: Path, tok, hf_tok, held_stream, windows, device: str, report: dict, log) -> None:
+    """Measure what ships (the saved fp16 files, computed in float32): perplexity, completions, acceptance."""
+    shipped = {name: _load(out / name, device) for name in ("tiny", "tiny-draft")}
+    for name, model in shipped.items():
+        ppl = perplexity(model, windows, device)
+        report["models"][name].update(
+            heldout_perplexity=round(ppl, 3),
+            heldout_bits_per_byte=round(math.log2(ppl) / report["corpus"]["heldout_bytes_per_token"], 4),
+            chance_perplexity=tok.get_vocab_size(),
+            size_bytes=sum(f.stat().st_size for f in (out / name).iterdir()),
+            config={k: getattr(model.config, k) for k in SHAPE_KEYS},
+            completions=greedy_completions(model, hf_tok, device),
+        )
+        log(f"{name}: held-out perplexity {ppl:.2f}")
+    target, draft = shipped["tiny"], shipped["tiny-draft"]
+    report["speculative_greedy_acceptance"] = greedy_acceptance(target, draft, held_stream, device)
+    log(f"acceptance: {report['speculative_greedy_acceptance']}")
+    report["speculative_generation_acceptance"] = generation_acceptance(target, draft, held_stream, device)
+    log(f"acceptance while generating: {report['speculative_generation_acceptance']}")
+
+
+def _new_report(cfg: TrainConfig, corpus: dict, streams: dict) -> dict:
+    report = {"train_config": asdict(cfg), "corpus": corpus["meta"], "hardware": hardware(), "models": {}}
+    held = streams["heldout"]
+    report["corpus"]["train_tokens"] = int(len(streams["train"]))
+    report["corpus"]["heldout_tokens"] = int(len(held))
+    report["corpus"]["heldout_bytes_per_token"] = corpus["meta"]["heldout_bytes"] / max(1, len(held) - len(corpus["heldout"]))
+    return report
+
+
+def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, reuse_target: Path | None = None, log=print) -> dict:
+    """Train the tokenizer, the target and the draft; save them, ``training.json`` and the model card."""
+    import torch
+
+    from inferlab.tools.model_card import model_card
+
+    torch.manual_seed(cfg.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_start = time.time()
+    corpus = load_corpus(stdlib)
+    log(f"corpus: {json.dumps(corpus['meta'])}")
+    tok, streams = _tokens(corpus, cfg, reuse_target, log)
+    hf_tok = hf_tokenizer(tok)
+    val_windows = heldout_windows(streams["validation"], cfg)[:64]
+    report = _new_report(cfg, corpus, streams)
+    target, t_target = _target(tok, streams, val_windows, cfg, device, reuse_target, report, log)
+    draft, t_draft = _draft(target, tok, streams, val_windows, cfg, device, report, log)
     for name, model, (seconds, best_step) in (("tiny", target, t_target), ("tiny-draft", draft, t_draft)):
         save_model(model, hf_tok, out / name)
         report["models"][name] = {
             "parameters": count_parameters(model), "train_seconds": round(seconds, 1), "kept_step": best_step,
         }
-
-    # evaluate what ships: reload the fp16 files, compute in float32
-    shipped = {
-        name: AutoModelForCausalLM.from_pretrained(out / name, dtype=torch.float32).to(device).eval()
-        for name in ("tiny", "tiny-draft")
-    }
-    for name, model in shipped.items():
-        ppl = perplexity(model, windows, device)
-        bpb = math.log2(ppl) / report["corpus"]["heldout_bytes_per_token"]
-        report["models"][name].update(
-            heldout_perplexity=round(ppl, 3),
-            heldout_bits_per_byte=round(bpb, 4),
-            chance_perplexity=tok.get_vocab_size(),
-            size_bytes=sum(f.stat().st_size for f in (out / name).iterdir()),
-            config={k: getattr(model.config, k) for k in (
-                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")},
-        )
-        report["models"][name]["completions"] = greedy_completions(model, hf_tok, device)
-        log(f"{name}: held-out perplexity {ppl:.2f}")
-    report["speculative_greedy_acceptance"] = greedy_acceptance(shipped["tiny"], shipped["tiny-draft"], held_stream, device)
-    log(f"acceptance: {report['speculative_greedy_acceptance']}")
-    report["speculative_generation_acceptance"] = generation_acceptance(shipped["tiny"], shipped["tiny-draft"], held_stream, device)
-    log(f"acceptance while generating: {report['speculative_generation_acceptance']}")
+    _evaluate(out, tok, hf_tok, streams["heldout"], heldout_windows(streams["heldout"], cfg), device, report, log)
     report["total_seconds"] = round(time.time() - t_start, 1)
     report["date"] = time.strftime("%Y-%m-%d")
     (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -558,87 +595,8 @@ def train(out: Path, cfg: TrainConfig, stdlib: str | None = None, reuse_target: 
     return report
 
 
-def model_card(report: dict) -> str:
-    """The model card (data/models/README.md), written from the training report."""
-    c, hw, acc = report["corpus"], report["hardware"], report["speculative_greedy_acceptance"]
-    lines = [
-        "# Embedded default models: `tiny` and `tiny-draft`",
-        "",
-        "Two Llama-architecture causal LMs in Hugging Face format (`config.json`, `model.safetensors`,",
-        "`tokenizer.json`), small enough to ship in the repository and run anywhere offline.",
-        "They write plausible Python; they are teaching instruments, not assistants.",
-        "Load them with `inferlab.load_model(\"tiny\")` or `AutoModelForCausalLM.from_pretrained(\"data/models/tiny\")`.",
-        "",
-        "| | tiny (target) | tiny-draft |",
-        "| --- | --- | --- |",
-    ]
-    t, d = report["models"]["tiny"], report["models"]["tiny-draft"]
-    rows = [
-        ("parameters", f"{t['parameters']:,}", f"{d['parameters']:,}"),
-        ("layers × hidden", f"{t['config']['num_hidden_layers']} × {t['config']['hidden_size']}", f"{d['config']['num_hidden_layers']} × {d['config']['hidden_size']}"),
-        ("query heads / KV heads (GQA)", f"{t['config']['num_attention_heads']} / {t['config']['num_key_value_heads']}", f"{d['config']['num_attention_heads']} / {d['config']['num_key_value_heads']}"),
-        ("head dim / MLP width", f"{t['config']['head_dim']} / {t['config']['intermediate_size']}", f"{d['config']['head_dim']} / {d['config']['intermediate_size']}"),
-        ("context length", str(t["config"]["max_position_embeddings"]), str(d["config"]["max_position_embeddings"])),
-        ("vocabulary (byte-level BPE)", str(t["config"]["vocab_size"]), str(d["config"]["vocab_size"])),
-        ("stored dtype / size", f"float16 / {t['size_bytes'] / 1e6:.1f} MB", f"float16 / {d['size_bytes'] / 1e6:.1f} MB"),
-        ("held-out perplexity (chance = vocab)", f"{t['heldout_perplexity']:.2f}", f"{d['heldout_perplexity']:.2f}"),
-        ("held-out bits per byte", f"{t['heldout_bits_per_byte']:.3f}", f"{d['heldout_bits_per_byte']:.3f}"),
-        ("training time", f"{t['train_seconds']:.0f} s", f"{d['train_seconds']:.0f} s (distilled from tiny)"),
-    ]
-    lines += [f"| {a} | {b} | {e} |" for a, b, e in rows]
-    lines += [
-        "",
-        "## Corpus",
-        "",
-        f"The `.py` files of the Python {c['python']} standard library ({c['files']} files, sha256 `{c['sha256'][:16]}…`),",
-        f"excluding {', '.join(sorted(EXCLUDED_DIRS))} and files over {MAX_FILE_BYTES // 1000} kB.",
-        f"Held out for evaluation (never seen by tokenizer or models): {', '.join(c['heldout_modules'])}",
-        f"({c['heldout_files']} files, {c['heldout_tokens']:,} tokens). Training: {c['train_files']} files, {c['train_tokens']:,} tokens.",
-        f"Validation (used only to keep the best checkpoint): {', '.join(c['validation_modules'])}.",
-        "",
-        "## Training",
-        "",
-        f"Hardware: {hw.get('gpu', hw['cpu'])}, torch {hw['torch']}, transformers {hw.get('transformers')}; seed {report['train_config']['seed']};",
-        f"{report['train_config']['target_steps']} steps (target) and {report['train_config']['draft_steps']} steps (draft) of",
-        f"{report['train_config']['batch_size']} × {report['train_config']['seq_len']} tokens, AdamW, warmup + cosine, bf16 autocast;",
-        f"kept the checkpoint with the best validation perplexity (target: step {report['models']['tiny']['kept_step']}, draft: step {report['models']['tiny-draft']['kept_step']}).",
-        f"The draft minimises {report['train_config']['distill_weight']} × KL(target ‖ draft) + {1 - report['train_config']['distill_weight']:.1f} × cross-entropy,",
-        f"on batches half standard-library code, half text the target wrote itself ({report['onpolicy']['tokens']:,} tokens sampled at temperature {report['onpolicy']['temperature']}).",
-        f"Total wall time including tokenizer and evaluation: {report['total_seconds']:.0f} s on {report['date']}.",
-        "Reproduce: `python -m inferlab.tiny train --out data/models --stdlib PATH/TO/python3.11`.",
-    ]
-    if report.get("target_reused_from"):
-        lines += [
-            "The shipped target comes from a first run of that recipe; the draft from a second run",
-            "(`--reuse-target data/models/tiny`) that distilled it from the shipped target; wall time above is the second run's.",
-        ]
-    lines += [
-        "",
-        "## Speculative decoding: how useful is the draft?",
-        "",
-        f"On {acc['samples']} random positions of held-out code ({acc['context_tokens']}-token contexts), the target",
-        f"accepts on average **{acc['mean_accepted']:.2f} of {acc['k']}** greedy draft tokens",
-        f"({acc['mean_tokens_per_target_call']:.2f} tokens per target call with the bonus token).",
-        f"Acceptance by draft position: {', '.join(f'{v:.2f}' for v in acc['accept_rate_by_position'])}.",
-        "",
-        f"While generating greedily from {report['speculative_generation_acceptance']['prompts']} held-out prompts "
-        f"({report['speculative_generation_acceptance']['new_tokens']} new tokens each), where the context is the target's own output,",
-        f"the target accepts on average **{report['speculative_generation_acceptance']['mean_accepted']:.2f} of 4** draft tokens per step.",
-        "",
-        "## Greedy completions (target)",
-        "",
-    ]
-    for item in t["completions"]:
-        lines += ["```python", item["prompt"] + item["completion"], "```", ""]
-    lines += ["## Greedy completions (draft)", ""]
-    for item in d["completions"][:2]:
-        lines += ["```python", item["prompt"] + item["completion"], "```", ""]
-    lines += ["Full numbers: `training.json` beside this file.", ""]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inferlab.tiny", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m inferlab.tools.train_tiny", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="train the tokenizer, target and draft; write them and a model card")
     p.add_argument("--out", type=Path, default=Path("data/models"))

@@ -1,13 +1,13 @@
-"""Notebook tooling: build notebooks from their sources, run them all headless, check hygiene.
+"""Notebook tooling (maintainers and `make run`): build notebooks from their sources, run them all headless, check hygiene.
 
-- ``python -m inferlab.nbtools build notebooks/src/NN_name.py [--out notebooks]``:
+- ``python -m inferlab.tools.notebooks build notebooks/src/NN_name.py [--out notebooks]``:
   read the jupytext (percent-format) source, insert the standard header after the
   title cell (Colab and Binder badges, the Colab-only install cell), execute it, strip
   volatile metadata and write ``notebooks/NN_name.ipynb`` with outputs and execution counts.
-- ``python -m inferlab.nbtools run notebooks --out build``: execute every notebook into
+- ``python -m inferlab.tools.notebooks run notebooks --out build``: execute every notebook into
   build/ and print notebook, seconds, peak memory (RSS of the kernel) and status; exits
   non-zero if any notebook fails (``make run``).
-- ``python -m inferlab.nbtools check notebooks``: the hygiene checks that the tests run.
+- ``python -m inferlab.tools.notebooks check notebooks``: the hygiene checks that the tests run.
 """
 
 from __future__ import annotations
@@ -143,29 +143,12 @@ def build(src: Path, out_dir: Path, run: bool = True) -> Path:
 # ---------------------------------------------------------------- make run
 
 
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def run_one(path: Path, out_dir: Path, timeout: int = 900) -> dict:
     """Execute one notebook in a child process; seconds, peak kernel RSS and status."""
     import psutil
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "inferlab.nbtools", "_execute", str(path), str(out_dir / path.name), str(timeout)]
+    cmd = [sys.executable, "-m", "inferlab.tools.notebooks", "_execute", str(path), str(out_dir / path.name), str(timeout)]
     env = {**os.environ, **EXEC_ENV}
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -265,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         execute(nb, cwd=src.parent.resolve(), timeout=timeout)
         write(nb, dst)
         return 0
-    parser = argparse.ArgumentParser(prog="python -m inferlab.nbtools")
+    parser = argparse.ArgumentParser(prog="python -m inferlab.tools.notebooks")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="source (.py percent format) -> executed notebook")
     b.add_argument("sources", nargs="+", type=Path)
