@@ -124,7 +124,7 @@ print("blocks used:", pool.num_used_blocks, "instead of", 4 * 3, "without sharin
 # %% [markdown]
 # ## 3. Measure: contiguous vs paged over the same requests
 #
-# `inferlab.memsim` serves a request trace step by step: Poisson arrivals, first come first
+# `inferlab.paging_sim` serves a request trace step by step: Poisson arrivals, first come first
 # served, one new token per running request per step. The contiguous baselines place each
 # reservation first-fit in one linear address space, so the gaps left by finished requests are
 # real gaps. The traces in `data/traces/` have ShareGPT-like lengths (prompt 161, output 338
@@ -134,13 +134,14 @@ print("blocks used:", pool.num_used_blocks, "instead of", 4 * 3, "without sharin
 # slot, colored by the request whose token it holds.
 
 # %%
-from inferlab import memsim
-from inferlab.viz.paging import memory_map_animation
+from inferlab import paging_sim
+from inferlab.bench.workloads import generate_trace, load_trace
 from inferlab.viz import setup_plotly
+from inferlab.viz.paging import memory_map_animation
 
 setup_plotly()
-small_trace = memsim.generate_trace("alpaca", 120, rate=40.0, max_len=256, seed=0)
-maps = {name: memsim.simulate(small_trace, name, 1024, block_size=8, max_len=256, frame_every=16, max_frames=18)
+small_trace = generate_trace("alpaca", 120, rate=40.0, max_len=256, seed=0)
+maps = {name: paging_sim.simulate(small_trace, name, 1024, block_size=8, max_len=256, frame_every=16, max_frames=18)
         for name in ("orca-max", "orca-oracle", "paged")}
 memory_map_animation(maps, cols=64).show()
 
@@ -162,17 +163,17 @@ for name, r in maps.items():
 # where the next request had to wait for memory.
 
 # %%
-trace = memsim.load_trace("sharegpt")[:NUM_REQUESTS]
-fig2 = memsim.compare_allocators(trace, memory_tokens=MEMORY_TOKENS, block_size=BLOCK_SIZE)
+trace = load_trace("sharegpt")[:NUM_REQUESTS]
+fig2 = paging_sim.compare_allocators(trace, memory_tokens=MEMORY_TOKENS, block_size=BLOCK_SIZE)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(memsim.format_fig2(fig2))
+print(paging_sim.format_fig2(fig2))
 
 # %%
 from inferlab.viz.paging import fig2_figure
 
-fig2_figure(fig2, memsim.PAPER_FIG2_TOKEN_STATES).show()
+fig2_figure(fig2, paging_sim.PAPER_FIG2_TOKEN_STATES).show()
 
 # %% [markdown]
 # The ordering is the paper's: Max < Pow2 < Oracle < paged, with paging above 96%. Our
@@ -190,7 +191,7 @@ fig2_figure(fig2, memsim.PAPER_FIG2_TOKEN_STATES).show()
 # %%
 from inferlab.viz.paging import block_size_sweep_figure
 
-sweep = memsim.block_size_sweep(trace[:200], MEMORY_TOKENS, block_sizes=(1, 4, 8, 16, 32, 64, 128, 256))
+sweep = paging_sim.block_size_sweep(trace[:200], MEMORY_TOKENS, block_sizes=(1, 4, 8, 16, 32, 64, 128, 256))
 block_size_sweep_figure(sweep).show()
 
 # %%
@@ -217,7 +218,7 @@ for row in sweep:
 # NBVAL_CHECK_OUTPUT
 from inferlab.viz.paging import prefix_sharing_figure
 
-shared = memsim.prefix_sharing(num_requests=64, system_prompt_len=500, user_len_mean=40, block_size=BLOCK_SIZE)
+shared = paging_sim.prefix_sharing(num_requests=64, system_prompt_len=500, user_len_mean=40, block_size=BLOCK_SIZE)
 print(f"hit rate {100 * shared['hit_rate']:.1f}% of prompt tokens; blocks {shared['blocks_without_caching']} -> "
       f"{shared['blocks_with_caching']} ({100 * shared['memory_saved']:.1f}% saved)")
 
@@ -235,18 +236,18 @@ prefix_sharing_figure(shared).show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-alpaca = memsim.load_trace("alpaca")
-ours = {mode: [(n, memsim.sharing_savings(alpaca, mode, n, block_size=BLOCK_SIZE)["saving"]) for n in (2, 4, 6)]
+alpaca = load_trace("alpaca")
+ours = {mode: [(n, paging_sim.sharing_savings(alpaca, mode, n, block_size=BLOCK_SIZE)["saving"]) for n in (2, 4, 6)]
         for mode in ("parallel", "beam")}
 for mode, pts in ours.items():
-    lo, hi = memsim.PAPER_SHARING_SAVINGS_ALPACA[mode]
+    lo, hi = paging_sim.PAPER_SHARING_SAVINGS_ALPACA[mode]
     print(f"{mode:8s} ours: " + ", ".join(f"n={n}: {100 * s:.1f}%" for n, s in pts)
           + f"   paper: {100 * lo:.1f}% - {100 * hi:.1f}%")
 
 # %%
 from inferlab.viz.paging import sharing_figure
 
-sharing_figure(ours, memsim.PAPER_SHARING_SAVINGS_ALPACA).show()
+sharing_figure(ours, paging_sim.PAPER_SHARING_SAVINGS_ALPACA).show()
 
 # %% [markdown]
 # ## 5. Paged attention: reading K/V through block tables

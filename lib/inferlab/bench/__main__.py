@@ -5,12 +5,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 import inferlab.bench as _pkg
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(_pkg.__path__) if not m.name.startswith("_"))
+    """Benchmark modules: those of the package that define ``main`` (workloads, peers are helpers)."""
+    names = []
+    for m in pkgutil.iter_modules(_pkg.__path__):
+        origin = Path(m.module_finder.path) / f"{m.name}.py"
+        if not m.name.startswith("_") and origin.is_file() and "\ndef main(" in origin.read_text():
+            names.append(m.name)
+    return sorted(names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,13 @@ something (a "p99 of ten samples" is just the maximum).
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -145,3 +149,97 @@ def _result(name: str, wall: float, outputs, trace) -> RunResult:
         if n > 1:
             res.tpot.append((m.finish_time - m.first_token_time) / (n - 1))
     return res
+
+
+# ------------------------------------------------------------------ request-length traces
+# Published mean lengths (vLLM paper, Kwon et al. 2023, §6.1, Fig. 11): ShareGPT prompts 161 /
+# outputs 338 tokens, Alpaca 19 / 58. The log-normal spreads (sigma) are ours: ShareGPT is
+# heavy-tailed, Alpaca narrow.
+TRACE_SPECS = {
+    "sharegpt": {"input_mean": 161, "output_mean": 338, "input_sigma": 1.0, "output_sigma": 0.9},
+    "alpaca": {"input_mean": 19, "output_mean": 58, "input_sigma": 0.6, "output_sigma": 0.7},
+}
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One line of a length trace (data/traces/): arrival time (seconds), prompt and output
+    lengths (tokens). Lengths only, no token ids: what the memory simulator
+    (:mod:`inferlab.paging_sim`) serves."""
+
+    rid: int
+    arrival: float
+    prompt_len: int
+    output_len: int
+
+    @property
+    def final_len(self) -> int:
+        return self.prompt_len + self.output_len
+
+
+def _lognormal_int(rng: random.Random, mean: float, sigma: float) -> int:
+    """An int >= 1 from a log-normal whose mean is ``mean`` (mu = ln(mean) - sigma^2 / 2)."""
+    return max(1, round(rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)))
+
+
+def generate_trace(kind: str = "sharegpt", num_requests: int = 1000, rate: float = 4.0,
+                   max_len: int = 2048, seed: int = 0) -> list[TraceEntry]:
+    """A length trace with Poisson arrivals (``rate`` requests/s) and ``kind``-like lengths.
+
+    Lengths are log-normal with the published means (see ``TRACE_SPECS``); a request whose
+    prompt + output exceeds ``max_len`` is redrawn, as datasets are filtered to the model's
+    context in the paper's setup.
+    """
+    spec = TRACE_SPECS[kind]
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for rid in range(num_requests):
+        t += rng.expovariate(rate)
+        while True:
+            p = _lognormal_int(rng, spec["input_mean"], spec["input_sigma"])
+            o = _lognormal_int(rng, spec["output_mean"], spec["output_sigma"])
+            if p + o <= max_len:
+                break
+        out.append(TraceEntry(rid, round(t, 4), p, o))
+    return out
+
+
+def save_trace(trace: list[TraceEntry], path: str | Path) -> Path:
+    """Write a trace as JSON (``.json``) or CSV (anything else)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in trace]
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
+    else:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+def load_trace(name_or_path: str | Path) -> list[TraceEntry]:
+    """Load a trace: a path, or a name in data/traces/ (``"sharegpt"`` -> sharegpt_like.json)."""
+    path = Path(name_or_path)
+    if not path.exists():
+        from inferlab.paths import traces_dir
+
+        path = traces_dir() / f"{name_or_path}_like.json"
+    if path.suffix == ".json":
+        rows = json.loads(path.read_text())
+    else:
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+    return [TraceEntry(int(r["rid"]), float(r["arrival"]), int(r["prompt_len"]), int(r["output_len"])) for r in rows]
+
+
+def write_default_traces(out_dir: str | Path | None = None) -> list[Path]:
+    """(Re)generate the committed traces (fixed seeds): ``python -m inferlab.bench paging --write-traces``."""
+    from inferlab.paths import traces_dir
+
+    out = Path(out_dir) if out_dir is not None else traces_dir()
+    return [
+        save_trace(generate_trace("sharegpt", 1000, rate=4.0, seed=0), out / "sharegpt_like.json"),
+        save_trace(generate_trace("alpaca", 1000, rate=30.0, seed=1), out / "alpaca_like.json"),
+    ]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from inferlab.exercises import Check, verdict
-from inferlab.paging import BlockAllocator, cdiv
+from inferlab.paging import BlockAllocator, cdiv, slot_for
 
 
 def check_slot(fn: Callable[[list[int], int, int], int]) -> Check:
     """Does ``fn(block_table, position, block_size)`` return the KV slot of token ``position``?"""
     cases = [([7, 2, 9], p, 4) for p in range(12)] + [([5], p, 16) for p in range(16)] + [([3, 0, 1], 8, 3)]
     for table, pos, bs in cases:
-        truth = table[pos // bs] * bs + pos % bs
+        truth = slot_for(table, pos, bs)
         try:
             got = fn(table, pos, bs)
         except Exception as e:  # a learner's bug is a wrong answer, not a crash

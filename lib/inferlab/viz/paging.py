@@ -115,7 +115,7 @@ def fig2_figure(results: dict[str, Any], paper: dict[str, float] | None = None):
     """Stacked bars of the KV-memory breakdown per allocator, with the paper's token-state share."""
     import plotly.graph_objects as go
 
-    from inferlab.memsim import CATEGORIES
+    from inferlab.paging_sim import CATEGORIES
 
     names = list(results)
     x = [LABELS.get(n, n) for n in names]

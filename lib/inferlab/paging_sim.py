@@ -1,9 +1,10 @@
-"""Where KV-cache memory goes: contiguous reservation vs paging, simulated over request traces.
+"""The allocators' memory simulator: contiguous reservation vs paging over request traces.
 
 Reproduces, in miniature, the measurements that motivate PagedAttention (Kwon et al.,
 "Efficient Memory Management for Large Language Model Serving with PagedAttention",
-SOSP 2023): Fig. 2 (how much KV memory holds token states under each allocator) and
-§6.3 (memory saved by sharing blocks in parallel sampling and beam search).
+SOSP 2023): Fig. 2 (how much KV memory holds token states under each allocator), the
+block-size trade-off, and §6.3 (memory saved by sharing blocks in parallel sampling and
+beam search). ``python -m inferlab.bench paging`` prints ours beside the paper's.
 
 Contiguous baselines (the paper's Orca variants) give each request one contiguous range of
 a single linear address space, placed first-fit, sized when the request is admitted:
@@ -24,148 +25,54 @@ paper's categories, counted slot by slot:
   gap is large enough, though the free total would be (real gaps, not an estimate);
 - ``free``: free slots that no placement could make enough for the waiting request.
 
-Traces are lists of :class:`Request` (Poisson arrivals; ShareGPT-like and Alpaca-like
-lengths with the published means) made by :func:`generate_trace` and stored in data/traces/.
+The traces served here are lists of :class:`inferlab.bench.workloads.TraceEntry`
+(made by :func:`inferlab.bench.workloads.generate_trace`, stored in data/traces/).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import random
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from inferlab.paging import BlockAllocator, OutOfBlocks, cdiv
+from inferlab.bench.workloads import TraceEntry
+from inferlab.paging import BlockAllocator, OutOfBlocks, cdiv, slot_for
 
 __all__ = [
     "CATEGORIES",
     "PAPER_FIG2_TOKEN_STATES",
     "PAPER_SHARING_SAVINGS_ALPACA",
-    "TRACE_SPECS",
     "ContiguousAllocator",
     "PagedAllocator",
-    "Request",
     "SimResult",
     "block_size_sweep",
     "compare_allocators",
     "format_fig2",
-    "generate_trace",
-    "load_trace",
+    "make_allocator",
     "prefix_sharing",
-    "save_trace",
     "sharing_savings",
     "simulate",
 ]
 
 CATEGORIES = ("token_states", "reservation", "internal_fragmentation", "external_fragmentation", "free")
 
-# Kwon et al., SOSP 2023, Fig. 2: share of KV-cache memory holding token states (OPT-13B, A100,
-# ShareGPT-like serving experiment of §6.2). The other bar segments are not transcribed here.
+# ------------------------------------------------------------------ the paper's published numbers
+# Kwon et al., SOSP 2023. Everything this module compares against lives here and nowhere else.
+
+# Fig. 2: share of KV-cache memory holding token states (OPT-13B, A100, ShareGPT-like serving
+# experiment of §6.2). The other bar segments are not transcribed here.
 PAPER_FIG2_TOKEN_STATES = {"orca-max": 0.204, "orca-pow2": 0.268, "orca-oracle": 0.382, "paged": 0.963}
 
-# Kwon et al., SOSP 2023, §6.3 / Fig. 15 (Alpaca trace, OPT-13B): memory saved by sharing KV
-# blocks, lowest and highest over 2, 4 and 6 parallel samples or beam width 2, 4 and 6.
+# §6.3 / Fig. 15 (Alpaca trace, OPT-13B): memory saved by sharing KV blocks, lowest and
+# highest over 2, 4 and 6 parallel samples or beam width 2, 4 and 6.
 PAPER_SHARING_SAVINGS_ALPACA = {"parallel": (0.061, 0.098), "beam": (0.376, 0.552)}
-
-# Published mean lengths (vLLM paper §6.1, Fig. 11): ShareGPT prompts 161 / outputs 338 tokens,
-# Alpaca 19 / 58. The log-normal spreads (sigma) are ours: ShareGPT is heavy-tailed, Alpaca narrow.
-TRACE_SPECS = {
-    "sharegpt": {"input_mean": 161, "output_mean": 338, "input_sigma": 1.0, "output_sigma": 0.9},
-    "alpaca": {"input_mean": 19, "output_mean": 58, "input_sigma": 0.6, "output_sigma": 0.7},
-}
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request of a trace: arrival time (seconds), prompt and output lengths (tokens)."""
-
-    rid: int
-    arrival: float
-    prompt_len: int
-    output_len: int
-
-    @property
-    def final_len(self) -> int:
-        return self.prompt_len + self.output_len
-
-
-# ------------------------------------------------------------------------------- traces
-def _lognormal_int(rng: random.Random, mean: float, sigma: float) -> int:
-    """An int >= 1 from a log-normal whose mean is ``mean`` (mu = ln(mean) - sigma^2 / 2)."""
-    return max(1, round(rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)))
-
-
-def generate_trace(kind: str = "sharegpt", num_requests: int = 1000, rate: float = 4.0,
-                   max_len: int = 2048, seed: int = 0) -> list[Request]:
-    """A request trace with Poisson arrivals (``rate`` requests/s) and ``kind``-like lengths.
-
-    Lengths are log-normal with the published means (see ``TRACE_SPECS``); a request whose
-    prompt + output exceeds ``max_len`` is redrawn, as datasets are filtered to the model's
-    context in the paper's setup.
-    """
-    spec = TRACE_SPECS[kind]
-    rng = random.Random(seed)
-    t, out = 0.0, []
-    for rid in range(num_requests):
-        t += rng.expovariate(rate)
-        while True:
-            p = _lognormal_int(rng, spec["input_mean"], spec["input_sigma"])
-            o = _lognormal_int(rng, spec["output_mean"], spec["output_sigma"])
-            if p + o <= max_len:
-                break
-        out.append(Request(rid, round(t, 4), p, o))
-    return out
-
-
-def save_trace(trace: list[Request], path: str | Path) -> Path:
-    """Write a trace as JSON (``.json``) or CSV (anything else)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [asdict(r) for r in trace]
-    if path.suffix == ".json":
-        path.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
-    else:
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    return path
-
-
-def load_trace(name_or_path: str | Path) -> list[Request]:
-    """Load a trace: a path, or a name in data/traces/ (``"sharegpt"`` -> sharegpt_like.json)."""
-    path = Path(name_or_path)
-    if not path.exists():
-        from inferlab.paths import traces_dir
-
-        path = traces_dir() / f"{name_or_path}_like.json"
-    if path.suffix == ".json":
-        rows = json.loads(path.read_text())
-    else:
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-    return [Request(int(r["rid"]), float(r["arrival"]), int(r["prompt_len"]), int(r["output_len"])) for r in rows]
-
-
-def write_default_traces(out_dir: str | Path | None = None) -> list[Path]:
-    """(Re)generate the committed traces: ``python -m inferlab.memsim --write-traces`` (fixed seeds)."""
-    from inferlab.paths import traces_dir
-
-    out = Path(out_dir) if out_dir is not None else traces_dir()
-    return [
-        save_trace(generate_trace("sharegpt", 1000, rate=4.0, seed=0), out / "sharegpt_like.json"),
-        save_trace(generate_trace("alpaca", 1000, rate=30.0, seed=1), out / "alpaca_like.json"),
-    ]
 
 
 # ------------------------------------------------------------------------------- allocators
 @dataclass
 class _Live:
-    req: Request
+    req: TraceEntry
     generated: int = 0
 
     @property
@@ -188,7 +95,7 @@ class ContiguousAllocator:
         self.name = f"orca-{policy}"
         self.ranges: list[tuple[int, int, int]] = []  # (start, size, rid), sorted by start
 
-    def reserve_size(self, req: Request) -> int:
+    def reserve_size(self, req: TraceEntry) -> int:
         if self.policy == "max":
             return self.max_len
         if self.policy == "pow2":
@@ -224,7 +131,7 @@ class ContiguousAllocator:
     def release(self, live: _Live) -> None:
         self.ranges = [r for r in self.ranges if r[2] != live.req.rid]
 
-    def fits_if_contiguous(self, req: Request) -> bool:
+    def fits_if_contiguous(self, req: TraceEntry) -> bool:
         return self.reserve_size(req) <= self.num_free()
 
     def breakdown(self, running: list[_Live]) -> dict[str, int]:
@@ -274,7 +181,7 @@ class PagedAllocator:
     def release(self, live: _Live) -> None:
         self.alloc.free(live.req.rid)
 
-    def fits_if_contiguous(self, req: Request) -> bool:
+    def fits_if_contiguous(self, req: TraceEntry) -> bool:
         return False  # paging needs no contiguity: free blocks are never "external" waste
 
     def breakdown(self, running: list[_Live]) -> dict[str, int]:
@@ -295,11 +202,11 @@ class PagedAllocator:
         kind = [0] * self.memory_tokens
         for live in running:
             n, final = live.num_tokens, live.req.final_len
-            for i, block in enumerate(self.alloc.block_table(live.req.rid)):
-                for off in range(bs):
-                    pos, slot = i * bs + off, block * bs + off
-                    rid[slot] = live.req.rid
-                    kind[slot] = 1 if pos < n else 2 if pos < final else 3
+            table = self.alloc.block_table(live.req.rid)
+            for pos in range(len(table) * bs):
+                slot = slot_for(table, pos, bs)
+                rid[slot] = live.req.rid
+                kind[slot] = 1 if pos < n else 2 if pos < final else 3
         return rid, kind
 
 
@@ -330,12 +237,87 @@ class SimResult:
     throughput: float  # finished requests per step
     frames: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    def as_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in asdict(self).items() if k not in ("frames", "shares")}
-        return {**row, **self.shares}
+
+@dataclass
+class _Serving:
+    """The simulator's state: the queues and what has been counted so far."""
+
+    alloc: Any
+    pending: deque
+    waiting: deque = field(default_factory=deque)
+    running: list = field(default_factory=list)
+    sums: dict = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0.0))
+    blocked: int = 0
+    steps: int = 0
+    finished: int = 0
+    preemptions: int = 0
+    max_conc: int = 0
+    conc_sum: int = 0
+    frames: list = field(default_factory=list)
 
 
-def simulate(trace: list[Request], allocator: str | ContiguousAllocator | PagedAllocator,
+def _admit(s: _Serving, now: float, max_num_seqs: int) -> None:
+    """Arrivals join the queue; FCFS admission while the head's prompt can be placed."""
+    while s.pending and s.pending[0].arrival <= now:
+        s.waiting.append(_Live(s.pending.popleft()))
+    while s.waiting and len(s.running) < max_num_seqs and s.alloc.admit(s.waiting[0]):
+        s.running.append(s.waiting.popleft())
+    if s.waiting and not s.running:
+        raise ValueError(f"request {s.waiting[0].req.rid} can never fit in {s.alloc.memory_tokens} slots")
+    s.max_conc = max(s.max_conc, len(s.running))
+
+
+def _measure(s: _Serving) -> None:
+    """The head waits for memory: split KV memory into the paper's categories."""
+    mem = s.alloc.memory_tokens
+    c = s.alloc.breakdown(s.running)
+    free = mem - c["token_states"] - c["reservation"] - c["internal_fragmentation"]
+    c["external_fragmentation" if s.alloc.fits_if_contiguous(s.waiting[0].req) else "free"] += free
+    for k in CATEGORIES:
+        s.sums[k] += c[k] / mem
+    s.blocked += 1
+    s.conc_sum += len(s.running)
+
+
+def _record_frame(s: _Serving) -> None:
+    rid, kind = s.alloc.slot_map(s.running)
+    ext = bool(s.waiting) and s.alloc.fits_if_contiguous(s.waiting[0].req)  # free slots it cannot use
+    s.frames.append({"step": s.steps, "rid": rid, "kind": kind, "waiting": len(s.waiting), "external": ext})
+
+
+def _decode(s: _Serving) -> None:
+    """One token for each running request, in admission order; a paged append that finds no
+    free block preempts the most recently admitted request (recompute, as vLLM does)."""
+    i = 0
+    while i < len(s.running):
+        live = s.running[i]
+        while not s.alloc.grow(live):
+            victim = s.running.pop()
+            s.alloc.release(victim)
+            victim.generated = 0
+            s.waiting.appendleft(victim)
+            s.preemptions += 1
+            if victim is live:
+                break
+        else:
+            live.generated += 1
+            if live.generated >= live.req.output_len:
+                s.alloc.release(live)
+                s.running.pop(i)
+                s.finished += 1
+                continue
+            i += 1
+
+
+def _result(s: _Serving) -> SimResult:
+    b = s.blocked
+    shares = {k: (v / b if b else 0.0) for k, v in s.sums.items()}
+    return SimResult(getattr(s.alloc, "name", type(s.alloc).__name__), s.alloc.memory_tokens, shares, b, s.steps,
+                     s.finished, s.preemptions, s.conc_sum / b if b else 0.0, s.max_conc,
+                     s.finished / max(s.steps, 1), s.frames)
+
+
+def simulate(trace: list[TraceEntry], allocator: str | ContiguousAllocator | PagedAllocator,
              memory_tokens: int = 16384, *, block_size: int = 16, max_len: int = 2048,
              step_time: float = 0.025, max_num_seqs: int = 256, max_steps: int | None = None,
              frame_every: int = 0, max_frames: int = 60) -> SimResult:
@@ -343,78 +325,33 @@ def simulate(trace: list[Request], allocator: str | ContiguousAllocator | PagedA
 
     A request enters when its allocator can place its prompt (contiguous: its whole
     reservation), then grows by one token a step until ``prompt_len + output_len``. A paged
-    append that finds no free block preempts the most recently admitted request (recompute,
-    as vLLM does): it is freed and goes back to the head of the queue. ``step_time`` maps
-    trace seconds to decode steps. With ``frame_every`` > 0 every k-th step's slot map is
-    kept in ``frames`` for drawing.
+    append that finds no free block preempts the most recently admitted request: it is
+    freed and goes back to the head of the queue. ``step_time`` maps trace seconds to decode
+    steps. With ``frame_every`` > 0 every k-th step's slot map is kept in ``frames`` for drawing.
     """
     alloc = allocator if not isinstance(allocator, str) else make_allocator(allocator, memory_tokens, block_size, max_len)
-    mem = alloc.memory_tokens
-    pending = deque(sorted(trace, key=lambda r: r.arrival))
-    waiting: deque[_Live] = deque()
-    running: list[_Live] = []
-    sums = dict.fromkeys(CATEGORIES, 0.0)
-    blocked = steps = finished = preemptions = max_conc = 0
-    conc_sum = 0
-    frames: list[dict[str, Any]] = []
-    while pending or waiting or running:
-        now = steps * step_time
-        while pending and pending[0].arrival <= now:
-            waiting.append(_Live(pending.popleft()))
-        while waiting and len(running) < max_num_seqs and alloc.admit(waiting[0]):
-            running.append(waiting.popleft())
-        if waiting and not running:
-            raise ValueError(f"request {waiting[0].req.rid} can never fit in {mem} slots")
-        max_conc = max(max_conc, len(running))
-        if waiting and len(running) < max_num_seqs:  # the head waits for memory: measure
-            c = alloc.breakdown(running)
-            free = mem - c["token_states"] - c["reservation"] - c["internal_fragmentation"]
-            key = "external_fragmentation" if alloc.fits_if_contiguous(waiting[0].req) else "free"
-            c[key] += free
-            for k in CATEGORIES:
-                sums[k] += c[k] / mem
-            blocked += 1
-            conc_sum += len(running)
-        if frame_every and steps % frame_every == 0 and len(frames) < max_frames:
-            rid, kind = alloc.slot_map(running)
-            ext = bool(waiting) and alloc.fits_if_contiguous(waiting[0].req)  # free slots it cannot use
-            frames.append({"step": steps, "rid": rid, "kind": kind, "waiting": len(waiting), "external": ext})
-        i = 0
-        while i < len(running):  # decode: one token each, in admission order
-            live = running[i]
-            while not alloc.grow(live):
-                victim = running.pop()
-                alloc.release(victim)
-                victim.generated = 0
-                waiting.appendleft(victim)
-                preemptions += 1
-                if victim is live:
-                    break
-            else:
-                live.generated += 1
-                if live.generated >= live.req.output_len:
-                    alloc.release(live)
-                    running.pop(i)
-                    finished += 1
-                    continue
-                i += 1
-        steps += 1
-        if max_steps is not None and steps >= max_steps:
+    s = _Serving(alloc, deque(sorted(trace, key=lambda r: r.arrival)))
+    while s.pending or s.waiting or s.running:
+        _admit(s, s.steps * step_time, max_num_seqs)
+        if s.waiting and len(s.running) < max_num_seqs:
+            _measure(s)
+        if frame_every and s.steps % frame_every == 0 and len(s.frames) < max_frames:
+            _record_frame(s)
+        _decode(s)
+        s.steps += 1
+        if max_steps is not None and s.steps >= max_steps:
             break
-    shares = {k: (v / blocked if blocked else 0.0) for k, v in sums.items()}
-    return SimResult(getattr(alloc, "name", type(alloc).__name__), mem, shares, blocked, steps, finished,
-                     preemptions, conc_sum / blocked if blocked else 0.0, max_conc, finished / max(steps, 1),
-                     frames)
+    return _result(s)
 
 
-def compare_allocators(trace: list[Request], memory_tokens: int = 16384, block_size: int = 16,
+def compare_allocators(trace: list[TraceEntry], memory_tokens: int = 16384, block_size: int = 16,
                        max_len: int = 2048, names=("orca-max", "orca-pow2", "orca-oracle", "paged"),
                        **kw) -> dict[str, SimResult]:
     """Run :func:`simulate` for each allocator over the same trace and memory (Fig. 2)."""
     return {n: simulate(trace, n, memory_tokens, block_size=block_size, max_len=max_len, **kw) for n in names}
 
 
-def block_size_sweep(trace: list[Request], memory_tokens: int = 16384,
+def block_size_sweep(trace: list[TraceEntry], memory_tokens: int = 16384,
                      block_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256), **kw) -> list[dict[str, Any]]:
     """Paged serving at several block sizes: waste in the last block vs block-table size.
 
@@ -438,7 +375,7 @@ def block_size_sweep(trace: list[Request], memory_tokens: int = 16384,
 
 
 # ------------------------------------------------------------------------------- sharing
-def _parallel_group(alloc: BlockAllocator, req: Request, n: int) -> tuple[float, float]:
+def _parallel_group(alloc: BlockAllocator, req: TraceEntry, n: int) -> tuple[float, float]:
     """n samples of one prompt: (sum of used blocks, sum of unshared blocks) over decode steps."""
     ids = [(req.rid, 0)]
     alloc.allocate(ids[0], [0] * req.prompt_len)
@@ -457,7 +394,7 @@ def _parallel_group(alloc: BlockAllocator, req: Request, n: int) -> tuple[float,
     return shared, unshared
 
 
-def _beam_group(alloc: BlockAllocator, req: Request, k: int, rng: random.Random,
+def _beam_group(alloc: BlockAllocator, req: TraceEntry, k: int, rng: random.Random,
                 keep: float) -> tuple[float, float]:
     """Beam search of width k. Each step every new beam extends a current beam drawn with
     probability proportional to ``keep ** rank`` (rank 0 = best), so strong beams spawn
@@ -487,7 +424,7 @@ def _beam_group(alloc: BlockAllocator, req: Request, k: int, rng: random.Random,
     return shared, unshared
 
 
-def sharing_savings(trace: list[Request], mode: str = "parallel", n: int = 4, block_size: int = 16,
+def sharing_savings(trace: list[TraceEntry], mode: str = "parallel", n: int = 4, block_size: int = 16,
                     keep: float = 0.5, seed: int = 0, max_requests: int = 200) -> dict[str, Any]:
     """Memory saved by sharing KV blocks (paper §6.3): 1 - used blocks / blocks without sharing.
 
@@ -556,30 +493,3 @@ def format_fig2(results: dict[str, SimResult]) -> str:
     for label, cell in rows:
         lines.append(f"{label:24s}" + "".join(f"{cell(n, r):>13s}" for n, r in results.items()))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m inferlab.memsim [--write-traces]``: print Fig. 2 and §6.3, ours beside the paper's."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m inferlab.memsim", description=main.__doc__)
-    p.add_argument("--write-traces", action="store_true", help="regenerate data/traces/ (fixed seeds)")
-    p.add_argument("--memory-tokens", type=int, default=16384)
-    p.add_argument("--num-requests", type=int, default=1000)
-    args = p.parse_args(argv)
-    if args.write_traces:
-        for path in write_default_traces():
-            print(f"wrote {path}")
-        return 0
-    results = compare_allocators(load_trace("sharegpt")[: args.num_requests], args.memory_tokens)
-    print(f"Fig. 2 (ShareGPT-like, {args.memory_tokens} KV slots)\n" + format_fig2(results))
-    alpaca = load_trace("alpaca")
-    for mode in ("parallel", "beam"):
-        lo, hi = PAPER_SHARING_SAVINGS_ALPACA[mode]
-        ours = ", ".join(f"n={n}: {100 * sharing_savings(alpaca, mode, n)['saving']:.1f}%" for n in (2, 4, 6))
-        print(f"§6.3 {mode:8s} saving, ours: {ours}; paper: {100 * lo:.1f}%-{100 * hi:.1f}%")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

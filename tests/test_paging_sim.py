@@ -1,20 +1,18 @@
-"""The memory simulator: contiguous first-fit baselines, paged serving, sharing savings."""
+"""The allocators' memory simulator: contiguous first-fit baselines, paged serving, sharing savings;
+and the length traces it serves."""
 
 from __future__ import annotations
 
 import pytest
 
-from inferlab.memsim import (
+from inferlab.bench.workloads import TraceEntry, generate_trace, load_trace, save_trace
+from inferlab.paging_sim import (
     CATEGORIES,
     PAPER_FIG2_TOKEN_STATES,
     ContiguousAllocator,
-    Request,
     _Live,
     compare_allocators,
-    generate_trace,
-    load_trace,
     prefix_sharing,
-    save_trace,
     sharing_savings,
     simulate,
 )
@@ -40,21 +38,21 @@ def test_trace_csv_roundtrip(tmp_path):
 
 def test_first_fit_leaves_real_gaps():
     a = ContiguousAllocator(100, "oracle")
-    reqs = [_Live(Request(i, 0.0, n, 0)) for i, n in enumerate([30, 20, 30])]
+    reqs = [_Live(TraceEntry(i, 0.0, n, 0)) for i, n in enumerate([30, 20, 30])]
     assert all(a.admit(r) for r in reqs)
     a.release(reqs[1])  # a 20-slot hole between two live ranges
     assert a.gaps() == [(30, 20), (80, 20)] and a.num_free() == 40
-    big = _Live(Request(9, 0.0, 25, 0))
+    big = _Live(TraceEntry(9, 0.0, 25, 0))
     assert a.fits_if_contiguous(big.req) and not a.admit(big)  # 40 free, no 25-slot gap
-    small = _Live(Request(10, 0.0, 15, 0))
+    small = _Live(TraceEntry(10, 0.0, 15, 0))
     assert a.admit(small) and a.ranges[1] == (30, 15, 10)  # first fit: the lowest gap
 
 
 def test_reservation_sizes():
-    r = Request(0, 0.0, 100, 29)
+    r = TraceEntry(0, 0.0, 100, 29)
     assert ContiguousAllocator(4096, "max", 2048).reserve_size(r) == 2048
     assert ContiguousAllocator(4096, "pow2").reserve_size(r) == 256
-    assert ContiguousAllocator(4096, "pow2").reserve_size(Request(0, 0.0, 100, 28)) == 128
+    assert ContiguousAllocator(4096, "pow2").reserve_size(TraceEntry(0, 0.0, 100, 28)) == 128
     assert ContiguousAllocator(4096, "oracle").reserve_size(r) == 129
 
 
@@ -78,7 +76,7 @@ def test_simulation_frames_and_impossible_request():
     r = simulate(trace, "paged", 1024, block_size=8, max_len=256, frame_every=5, max_frames=4)
     assert len(r.frames) == 4 and len(r.frames[0]["rid"]) == 1024
     with pytest.raises(ValueError, match="never fit"):
-        simulate([Request(0, 0.0, 100, 10)], "orca-max", 64, max_len=128)
+        simulate([TraceEntry(0, 0.0, 100, 10)], "orca-max", 64, max_len=128)
 
 
 def test_sharing_savings_in_the_papers_ballpark():
@@ -96,7 +94,7 @@ def test_prefix_sharing_saves_the_system_prompt():
 
 
 def test_cli_report(capsys):
-    from inferlab.memsim import main
+    from inferlab.bench.paging import main
 
     assert main(["--num-requests", "60", "--memory-tokens", "8192"]) == 0
     out = capsys.readouterr().out
