@@ -10,15 +10,16 @@ import math
 import pytest
 import torch
 
+from inferlab import configs, hf_compat
 from inferlab import kvcache as kv
 from inferlab.kvcache import (
-    format_bytes,
     kv_bytes_per_token,
     kv_cache_bytes,
     max_concurrent_sequences,
     measured_cache_bytes,
 )
 from inferlab.paths import configs_dir
+from inferlab.units import format_bytes
 
 KiB, GiB = 1 << 10, 1 << 30
 
@@ -48,17 +49,17 @@ def test_formula_matches_real_cache(tiny, dtype):
     for batch, length in [(1, 1), (1, 37), (3, 16), (2, 129)]:
         out, _ = prefill(model, batch, length)
         assert measured_cache_bytes(out) == kv_cache_bytes("tiny", length, batch, dtype=dtype)
-        assert measured_cache_bytes(kv.cache_of(out)) == kv_cache_bytes(model.config, length, batch, dtype)
+        assert measured_cache_bytes(hf_compat.cache_of(out)) == kv_cache_bytes(model.config, length, batch, dtype)
 
 
 def test_formula_matches_after_decode_steps(tiny):
     out, ids = prefill(tiny, 2, 20)
-    cache = kv.cache_of(out)
+    cache = hf_compat.cache_of(out)
     nxt = out.logits[:, -1:].argmax(-1)
     with torch.no_grad():
         for _ in range(5):
-            out = tiny(nxt, use_cache=True, **kv.cache_kwargs(tiny, cache))
-            cache = kv.cache_of(out)
+            out = tiny(nxt, use_cache=True, **hf_compat.cache_kwargs(tiny, cache))
+            cache = hf_compat.cache_of(out)
             nxt = out.logits[:, -1:].argmax(-1)
     assert measured_cache_bytes(cache) == kv_cache_bytes("tiny", 25, 2, "float32")
 
@@ -84,7 +85,7 @@ def test_sliding_window_matches_transformers():
                          sliding_window=8)
     for length in (5, 7, 20):
         out, _ = prefill(model, 2, length)
-        kept = {**kv.as_dict(model.config), "sliding_window": 7}
+        kept = {**configs.as_dict(model.config), "sliding_window": 7}
         assert measured_cache_bytes(out) == kv_cache_bytes(kept, length, 2, "float32")
     full = kv_cache_bytes(model.config, 20, 2, "float32")
     assert full == 2 * 2 * 8 * 2 * 2 * 16 * 4  # 2 layers x window 8 x batch 2 x K,V x 2 heads x 16 x 4 B
@@ -94,10 +95,10 @@ def test_alternating_local_global_matches_transformers():
     model = _tiny_random("Gemma2ForCausalLM", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=64,
                          sliding_window=8)
-    shape = kv.model_shape(model.config)
+    shape = configs.model_shape(model.config)
     assert shape.windows == (8, None, 8, None)
     out, _ = prefill(model, 1, 30)
-    kept = {**kv.as_dict(model.config), "sliding_window": 7}
+    kept = {**configs.as_dict(model.config), "sliding_window": 7}
     assert measured_cache_bytes(out) == kv_cache_bytes(kept, 30, 1, "float32")
 
 
@@ -113,7 +114,7 @@ def test_mla_matches_transformers():
     assert latent == 2 * 11 * 2 * (16 + 8) * 4 < expanded
     # recent transformers cache the compressed latent (one "head" of kv_lora_rank + a RoPE key);
     # older releases cached every head's expanded K and V
-    one_head = kv.cache_of(out).layers[0].keys.shape[1] == 1
+    one_head = hf_compat.cache_of(out).layers[0].keys.shape[1] == 1
     assert measured_cache_bytes(out) == (latent if one_head else expanded)
 
 
@@ -137,11 +138,11 @@ def test_mla_matches_transformers():
 def test_param_count_matches_real_models(cls_name, cfg):
     model = _tiny_random(cls_name, **cfg)
     real = sum(p.numel() for p in model.parameters())  # tied weights are counted once
-    assert kv.param_count(model.config) == real
+    assert configs.param_count(model.config) == real
 
 
 def test_param_count_tiny(tiny):
-    assert kv.param_count("tiny") == sum(p.numel() for p in tiny.parameters())
+    assert configs.param_count("tiny") == sum(p.numel() for p in tiny.parameters())
 
 
 # --- published figures ------------------------------------------------------------------
@@ -194,13 +195,13 @@ def test_tensor_parallel_sharding_and_replication():
 
 
 def test_max_concurrent_sequences():
-    mem = kv.gpu_memory_bytes("A100 80 GB")
-    weights = kv.param_count("llama-2-7b") * 2
+    mem = configs.gpu_memory_bytes("A100 80 GB")
+    weights = configs.param_count("llama-2-7b") * 2
     expect = math.floor((mem - int(0.1 * mem) - weights) / (4096 * 512 * KiB))
     got = max_concurrent_sequences("llama-2-7b", mem, 4096, "fp16", "bf16", 0.1)
     assert got == expect > 0
     assert max_concurrent_sequences("llama-3-8b", mem, 4096) > 3 * got  # GQA: 4x smaller cache
-    assert max_concurrent_sequences("llama-3.1-405b", kv.gpu_memory_bytes("T4 16 GB"), 1024) == 0
+    assert max_concurrent_sequences("llama-3.1-405b", configs.gpu_memory_bytes("T4 16 GB"), 1024) == 0
     assert max_concurrent_sequences("llama-3-70b", mem, 4096, tp_size=4) > 0
 
 
@@ -215,12 +216,12 @@ def test_config_forms_agree():
 
 
 def test_every_shipped_config_loads():
-    for name in kv.known_models():
-        shape = kv.model_shape(name)
-        assert shape.n_layers > 0 and kv_bytes_per_token(name) > 0 and kv.param_count(name) > 0
-        published = kv.as_dict(name).get("published_params")
+    for name in configs.known_models():
+        shape = configs.model_shape(name)
+        assert shape.n_layers > 0 and kv_bytes_per_token(name) > 0 and configs.param_count(name) > 0
+        published = configs.as_dict(name).get("published_params")
         if published:
-            assert kv.param_count(name) == pytest.approx(published, rel=3e-3), name
+            assert configs.param_count(name) == pytest.approx(published, rel=3e-3), name
 
 
 # --- bad input --------------------------------------------------------------------------
@@ -261,3 +262,27 @@ def test_format_bytes():
     assert format_bytes(819_200, "KB") == "819.20 KB"
     assert format_bytes(3 * GiB, "auto") == "3.00 GiB"
     assert format_bytes(1234, "B") == "1,234 B"
+
+
+def test_kv_bytes_per_block_is_block_size_tokens_of_every_layer():
+    from dataclasses import dataclass
+
+    from inferlab.kvcache import kv_bytes_per_block
+
+    # Llama-3-8B in fp16: 128 KiB per token, so a 16-token block is 2 MiB
+    assert kv_bytes_per_block("llama-3-8b", "float16", 16) == 16 * 128 * KiB
+    assert kv_bytes_per_block("llama-3-8b", torch.bfloat16, 16) == kv_bytes_per_block("llama-3-8b", "bf16", 16)
+    assert kv_bytes_per_block("llama-3-8b", "float32", 16) == 2 * kv_bytes_per_block("llama-3-8b", "float16", 16)
+
+    @dataclass
+    class EngineShape:  # the engine's ModelConfig names its fields this way
+        num_layers: int = 2
+        hidden_size: int = 32
+        num_heads: int = 4
+        num_kv_heads: int = 2
+        head_dim: int = 8
+
+    # K and V, every layer, block_size tokens, num_kv_heads heads (not num_heads)
+    assert kv_bytes_per_block(EngineShape(), torch.float32, 4) == 2 * 2 * 4 * 2 * 8 * 4
+    with pytest.raises(ValueError, match="block_size"):
+        kv_bytes_per_block("llama-3-8b", "float16", 0)

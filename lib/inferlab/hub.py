@@ -135,7 +135,7 @@ def _created_on(device: str, dtype, seed: int):
 def _hf_llama(config: Any):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from inferlab.kvcache import as_dict
+    from inferlab.configs import as_dict
 
     raw = as_dict(config)
     return LlamaForCausalLM(LlamaConfig(**{k: raw[k] for k in _LLAMA_SHAPE_KEYS if k in raw}))

@@ -36,19 +36,18 @@ Conventions (all results are integers of bytes):
   GPU; when ``tp > n_kv`` each KV head is replicated, so per-GPU bytes stop falling.
   MLA's latent is not split by heads: every GPU keeps the whole latent. Functions with a
   ``tp_size`` argument return bytes **per GPU**.
-* Decimal and binary units are never mixed: ``format_bytes(n, "GiB")`` or ``"GB"``, always said.
+* Decimal and binary units are never mixed (:func:`inferlab.units.format_bytes`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import operator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from inferlab.paths import configs_dir, models_dir
+from inferlab.configs import ModelShape, known_models, model_shape, param_count
+from inferlab.hf_compat import cache_of
 
 # ---------------------------------------------------------------------------------------
 # data types
@@ -121,121 +120,6 @@ def weight_bytes_per_param(dtype: Any) -> float:
     if key not in WEIGHT_BYTES:
         raise ValueError(f"unknown weight dtype {dtype!r}; accepted: {', '.join(WEIGHT_BYTES)}")
     return WEIGHT_BYTES[key]
-
-
-# ---------------------------------------------------------------------------------------
-# configs
-# ---------------------------------------------------------------------------------------
-
-
-def known_models() -> list[str]:
-    """Names accepted wherever a ``config`` is: data/configs/*.json plus the embedded models."""
-    names = {p.stem for p in configs_dir().glob("*.json")}
-    names |= {p.parent.name for p in models_dir().glob("*/config.json")}
-    return sorted(names)
-
-
-def load_config(name: str) -> dict[str, Any]:
-    """The published config ``data/configs/NAME.json`` (or an embedded model's) as a dict."""
-    key = str(name).strip().lower()
-    for path in (configs_dir() / f"{key}.json", models_dir() / key / "config.json"):
-        if path.is_file():
-            cfg = json.loads(path.read_text())
-            cfg.setdefault("name", key)
-            return cfg
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
-
-
-def as_dict(config: Any) -> dict[str, Any]:
-    """A config as a plain dict: a name, a path to a config.json, a dict, or a transformers config."""
-    if isinstance(config, dict):
-        return dict(config)
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if path.suffix == ".json" and path.is_file():
-            return json.loads(path.read_text())
-        if (path / "config.json").is_file():
-            return json.loads((path / "config.json").read_text())
-        return load_config(str(config))
-    if hasattr(config, "get_text_config"):  # a transformers PretrainedConfig (multimodal: its text part)
-        config = config.get_text_config()
-    if hasattr(config, "to_dict"):
-        out = config.to_dict()
-        # attributes set at runtime or computed (layer_types, head_dim) may not all be in to_dict
-        for key in ("layer_types", "head_dim", "sliding_window", "num_key_value_heads"):
-            if getattr(config, key, None) is not None:
-                out[key] = getattr(config, key)
-        return out
-    raise TypeError(f"config must be a model name, a dict or a transformers config, not {type(config).__name__}")
-
-
-def _first(cfg: dict, *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    return default
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a decoder-only transformer that memory depends on."""
-
-    name: str
-    n_layers: int
-    hidden: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    vocab: int
-    intermediate: int
-    windows: tuple  # per layer: None (full attention) or the sliding window in tokens
-    mla: tuple | None = None  # (kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim)
-    max_context: int | None = None
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def attention(self) -> str:
-        if self.mla:
-            return "MLA"
-        if self.n_kv_heads == 1 and self.n_heads > 1:
-            return "MQA"
-        return "GQA" if self.n_kv_heads < self.n_heads else "MHA"
-
-
-def _layer_windows(cfg: dict, n_layers: int) -> tuple:
-    window = cfg.get("sliding_window")
-    types = cfg.get("layer_types")
-    if not window or cfg.get("use_sliding_window") is False:
-        return (None,) * n_layers
-    if types:
-        return tuple(window if "sliding" in str(t) else None for t in types[:n_layers])
-    if cfg.get("model_type") == "gemma2":  # older Gemma-2 configs: even layers local, odd global
-        return tuple(window if i % 2 == 0 else None for i in range(n_layers))
-    return (int(window),) * n_layers
-
-
-def model_shape(config: Any) -> ModelShape:
-    """Read layers, heads, KV heads, head_dim, MLA ranks and sliding windows from any config form."""
-    if isinstance(config, ModelShape):
-        return config
-    cfg = as_dict(config)
-    n_layers = int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers"))
-    hidden = int(_first(cfg, "hidden_size", "n_embd", "d_model"))
-    n_heads = int(_first(cfg, "num_attention_heads", "n_head"))
-    n_kv = int(_first(cfg, "num_key_value_heads", "multi_query_group_num", default=n_heads))
-    head_dim = int(_first(cfg, "head_dim", default=hidden // n_heads))
-    mla = None
-    if cfg.get("kv_lora_rank"):
-        mla = (int(cfg["kv_lora_rank"]), int(cfg["qk_rope_head_dim"]),
-               int(cfg.get("qk_nope_head_dim") or 128), int(cfg.get("v_head_dim") or 128))
-    return ModelShape(
-        name=str(cfg.get("name") or cfg.get("_name_or_path") or cfg.get("model_type") or "model"),
-        n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
-        vocab=int(_first(cfg, "vocab_size", default=0)),
-        intermediate=int(_first(cfg, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)),
-        windows=_layer_windows(cfg, n_layers), mla=mla,
-        max_context=_first(cfg, "max_position_embeddings", "n_positions"), raw=cfg,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,70 +216,21 @@ def naive_kv_cache_bytes(config: Any, seq_len: int, batch_size: int = 1, dtype: 
     return math.ceil(shape.n_layers * shape.n_heads * per_head * seq_len * batch_size * kv_dtype(dtype).bits / 8)
 
 
+def kv_bytes_per_block(config: Any, dtype: Any = "float16", block_size: int = 16, tp_size: int = 1) -> int:
+    """Bytes of one paged KV block: ``block_size`` tokens of K and V in every layer (per GPU).
+
+    The one home of this number: the engine's block pool, the allocator benchmarks and the
+    notebooks all size blocks with it. ``config`` is any config form, the engine's
+    ``ModelConfig`` included; ``dtype`` a KV dtype name or a ``torch.dtype``.
+    """
+    block_size = _check_positive("block_size", block_size)
+    shape = config if isinstance(config, ModelShape) else model_shape(config)
+    return math.ceil(block_size * shape.n_layers * layer_bytes_per_token(shape, dtype, tp_size))
+
+
 # ---------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------
-
-
-def _attention_params(cfg: dict, s: ModelShape) -> int:
-    h = s.hidden
-    if s.mla:
-        rank, rope, nope, v_dim = s.mla
-        q_rank = cfg.get("q_lora_rank")
-        q_out = s.n_heads * (nope + rope)
-        q = h * q_rank + q_rank + q_rank * q_out if q_rank else h * q_out
-        kv = h * (rank + rope) + rank + rank * s.n_heads * (nope + v_dim)
-        return q + kv + s.n_heads * v_dim * h
-    q_out, kv_out = s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
-    n = h * q_out + 2 * h * kv_out + q_out * h
-    if cfg.get("model_type") == "opt" or cfg.get("enable_bias"):
-        n += q_out + 2 * kv_out + h
-    elif cfg.get("attention_bias") or cfg.get("model_type") in {"qwen2"}:
-        n += q_out + 2 * kv_out  # Qwen2 has q/k/v biases, no output bias
-    return n
-
-
-def _mlp_params(cfg: dict, s: ModelShape, layer: int) -> int:
-    h = s.hidden
-    if cfg.get("model_type") == "opt":  # fc1 -> ReLU -> fc2, with biases
-        return 2 * h * s.intermediate + s.intermediate + h
-    gated = 3 * h  # gate, up and down projections (SwiGLU / GeGLU)
-    n_routed = _first(cfg, "n_routed_experts", "num_local_experts", "num_experts", default=0)
-    dense_first = int(cfg.get("first_k_dense_replace", 0) or 0)
-    if not n_routed or layer < dense_first:
-        return gated * s.intermediate
-    expert = int(_first(cfg, "moe_intermediate_size", default=s.intermediate))
-    shared = int(cfg.get("n_shared_experts", 0) or 0)
-    router = h * n_routed + (n_routed if cfg.get("topk_method") == "noaux_tc" else 0)
-    return (n_routed + shared) * gated * expert + router
-
-
-def _norms_per_layer(cfg: dict) -> int:
-    if cfg.get("model_type") == "gemma2":
-        return 4  # input, post-attention, pre- and post-feed-forward RMSNorms
-    return 2
-
-
-def param_count(config: Any) -> int:
-    """Parameters of a decoder-only LM from its config (embeddings, attention, MLP incl.
-    all MoE experts, norms, and the LM head unless tied to the embeddings).
-
-    Llama-3.2-1B: 1,235,814,400. Within ~0.1% of published totals for the shipped configs;
-    DeepSeek-V3's multi-token-prediction module (14B) is not counted (671B main model).
-    """
-    s = model_shape(config)
-    cfg = s.raw
-    h = s.hidden
-    layer_norm = cfg.get("model_type") == "opt"  # LayerNorm has a bias, RMSNorm does not
-    norm = 2 * h if layer_norm else h
-    n = s.vocab * h
-    if cfg.get("model_type") == "opt":
-        n += (int(s.max_context) + 2) * h  # learned positions (OPT offsets them by 2)
-    if not cfg.get("tie_word_embeddings", cfg.get("model_type") in {"gemma2", "opt"}):
-        n += s.vocab * h
-    for layer in range(s.n_layers):
-        n += _attention_params(cfg, s) + _mlp_params(cfg, s, layer) + _norms_per_layer(cfg) * norm
-    return n + norm  # final norm
 
 
 def weight_bytes(config: Any, dtype: Any = "bfloat16", tp_size: int = 1) -> int:
@@ -406,27 +241,6 @@ def weight_bytes(config: Any, dtype: Any = "bfloat16", tp_size: int = 1) -> int:
 # ---------------------------------------------------------------------------------------
 # what fits
 # ---------------------------------------------------------------------------------------
-
-MiB = 1 << 20
-# Total memory as nvidia-smi reports it (the "16 GB" T4 is 15,360 MiB = 15 GiB),
-# peak HBM bandwidth in bytes/s and dense bf16/fp16 tensor throughput in FLOP/s, from NVIDIA datasheets.
-GPUS: dict[str, dict[str, float]] = {
-    "T4 16 GB": {"memory": 15360 * MiB, "bandwidth": 320e9, "flops": 65e12},
-    "A100 40 GB": {"memory": 40960 * MiB, "bandwidth": 1555e9, "flops": 312e12},
-    "A100 80 GB": {"memory": 81920 * MiB, "bandwidth": 2039e9, "flops": 312e12},
-    "H100 80 GB": {"memory": 81559 * MiB, "bandwidth": 3350e9, "flops": 989e12},
-    "H200 141 GB": {"memory": 143771 * MiB, "bandwidth": 4800e9, "flops": 989e12},
-}
-
-
-def gpu_memory_bytes(gpu: str | int | float) -> int:
-    """Bytes of memory of a GPU named in :data:`GPUS` (or a number of bytes passed through)."""
-    if isinstance(gpu, (int, float)):
-        return int(gpu)
-    if gpu not in GPUS:
-        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
-    return int(GPUS[gpu]["memory"])
-
 
 def memory_plan(config: Any, gpu_memory_bytes: int, seq_len: int, dtype: Any = "float16",
                 weight_dtype: Any = "bfloat16", reserve_fraction: float = 0.1,
@@ -478,24 +292,6 @@ def _tensor_bytes(t: Any) -> int:
     return int(t.numel() * t.element_size()) if t is not None and hasattr(t, "numel") else 0
 
 
-def cache_of(outputs: Any) -> Any:
-    """The cache inside a model output (``.cache`` in transformers >= 5.2x, else ``.past_key_values``)."""
-    for key in ("cache", "past_key_values"):
-        value = getattr(outputs, key, None) if not isinstance(outputs, dict) else outputs.get(key)
-        if value is not None:
-            return value
-    return outputs
-
-
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """``{"cache": cache}`` where ``model.forward`` takes that name (transformers >= 5.2x),
-    else ``{"past_key_values": cache}``, so the same call runs on both sides of the rename."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache}
-
-
 def measured_cache_bytes(cache: Any) -> int:
     """Bytes of the K/V tensors held by a real cache.
 
@@ -521,29 +317,6 @@ def measured_cache_bytes(cache: Any) -> int:
         return sum(measured_cache_bytes(x) if isinstance(x, (tuple, list)) else _tensor_bytes(x)
                    for x in cache)
     raise TypeError(f"don't know how to measure a {type(cache).__name__}")
-
-
-# ---------------------------------------------------------------------------------------
-# formatting
-# ---------------------------------------------------------------------------------------
-
-UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-         "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-
-
-def format_bytes(n: float, unit: str = "GiB", digits: int = 2) -> str:
-    """``format_bytes(2**30, "GiB") == "1.00 GiB"``; ``format_bytes(2**30, "GB") == "1.07 GB"``.
-
-    ``unit="auto"`` picks the largest binary unit below ``n``; ``"auto10"`` the decimal one.
-    """
-    if unit in {"auto", "auto10"}:
-        names = ["TiB", "GiB", "MiB", "KiB"] if unit == "auto" else ["TB", "GB", "MB", "KB"]
-        unit = next((u for u in names if abs(n) >= UNITS[u]), "B")
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; accepted: {', '.join(UNITS)}, auto, auto10")
-    if unit == "B":
-        return f"{int(n):,} B"
-    return f"{n / UNITS[unit]:,.{digits}f} {unit}"
 
 
 def per_token_table(names: list[str] | None = None, dtype: Any = "float16",

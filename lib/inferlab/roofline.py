@@ -15,7 +15,7 @@ ridge point ``P / W`` the step is memory-bound (Williams, Waterman and Patterson
   ridge (~200 FLOP/byte). Batching more sequences is the cheapest way up the roof, until the
   KV cache (read per sequence, not shared) dominates the bytes.
 
-The analytic part needs only a config (:mod:`inferlab.kvcache` reads them); the measuring
+The analytic part needs only a config (:mod:`inferlab.configs` reads them); the measuring
 part (``measure_*``) runs torch on any device.
 """
 
@@ -25,14 +25,10 @@ import math
 import time
 from typing import Any
 
-from inferlab.kvcache import (
-    GPUS,
-    kv_bytes_per_token,
-    kv_cache_bytes,
-    model_shape,
-    param_count,
-    weight_bytes_per_param,
-)
+from inferlab.configs import model_shape, param_count
+from inferlab.device import pick_device, synchronize, time_fn, torch_dtype
+from inferlab.hf_compat import cache_kwargs, cache_of, last_logits_only
+from inferlab.kvcache import kv_bytes_per_token, kv_cache_bytes, weight_bytes_per_param
 
 # ---------------------------------------------------------------------------------------
 # analytic costs
@@ -138,11 +134,6 @@ def ridge_point(peak_flops: float, bandwidth: float) -> float:
     return peak_flops / bandwidth
 
 
-def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
-    """The roof: ``min(peak, intensity * bandwidth)`` FLOP/s."""
-    return min(peak_flops, intensity * bandwidth)
-
-
 def step_time_bound(cost: dict[str, float], peak_flops: float, bandwidth: float) -> float:
     """Shortest possible step time in seconds: ``max(F/P, B/W)``."""
     return max(cost["flops"] / peak_flops, cost["bytes"] / bandwidth)
@@ -154,37 +145,12 @@ def decode_tokens_per_s_bound(config: Any, batch_size: int, context: int, bandwi
     return batch_size / step_time_bound(decode_cost(config, batch_size, context, **kw), peak_flops, bandwidth)
 
 
-def gpu_roof(gpu: str) -> tuple[float, float]:
-    """(peak dense bf16 FLOP/s, HBM bytes/s) from the datasheet table :data:`inferlab.kvcache.GPUS`."""
-    if gpu not in GPUS:
-        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
-    return GPUS[gpu]["flops"], GPUS[gpu]["bandwidth"]
-
-
 # ---------------------------------------------------------------------------------------
 # measuring
 # ---------------------------------------------------------------------------------------
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _best_time(fn, device: str, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def measure_copy_bandwidth(device: str = "cpu", nbytes: int = 1 << 28, repeats: int = 5) -> dict[str, float]:
+def measure_copy_bandwidth(device: str | None = None, nbytes: int = 1 << 28, repeats: int = 5) -> dict[str, float]:
     """Device memory bandwidth from copying one large buffer into another.
 
     A copy of ``n`` bytes reads ``n`` and writes ``n``: 2n bytes moved, which is how GPU
@@ -192,36 +158,30 @@ def measure_copy_bandwidth(device: str = "cpu", nbytes: int = 1 << 28, repeats: 
     """
     import torch
 
+    device = pick_device(device)
     n = nbytes // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up (page faults, allocator)
-    seconds = _best_time(lambda: dst.copy_(src), device, repeats)
+    # best of ``repeats`` after one warm-up copy (page faults, allocator)
+    seconds = min(time_fn(lambda: dst.copy_(src), device, repeats, warmup=1))
     moved = 2 * n * 4
     return {"bytes_per_s": moved / seconds, "buffer_bytes": n * 4, "seconds": seconds}
 
 
-def measure_matmul_flops(device: str = "cpu", dtype: Any = None, n: int = 1024, repeats: int = 5) -> dict[str, float]:
+def measure_matmul_flops(device: str | None = None, dtype: Any = None, n: int = 1024, repeats: int = 5) -> dict[str, float]:
     """Achieved FLOP/s of one square ``n x n`` matmul (2 n^3 FLOPs): the compute roof we can reach."""
     import torch
 
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    device = pick_device(device)
+    dtype = torch_dtype(dtype) if dtype is not None else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    seconds = _best_time(lambda: a @ b, device, repeats)
+    seconds = min(time_fn(lambda: a @ b, device, repeats, warmup=1))
     return {"flops_per_s": 2 * n**3 / seconds, "n": n, "dtype": str(dtype).replace("torch.", "")}
 
 
-def _last_logits_only(model) -> dict[str, Any]:
-    """``logits_to_keep=1`` where supported: a server needs only the last position's logits,
-    and a 256 x 1024-token prefill would otherwise build a 67 GB logits tensor for a 128K vocab."""
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
-def _random_ids(model, batch: int, length: int, seed: int = 0):
+def random_ids(model, batch: int, length: int, seed: int = 0):
+    """``batch`` rows of ``length`` seeded random token ids (no special ids 0, 1) on the model's device."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -232,12 +192,11 @@ def measure_prefill(model, prompt_len: int, batch_size: int = 1, repeats: int = 
     """Seconds for one forward pass over ``batch_size`` prompts of ``prompt_len`` tokens."""
     import torch
 
-    ids = _random_ids(model, batch_size, prompt_len)
+    ids = random_ids(model, batch_size, prompt_len)
     device = str(model.device)
-    keep = _last_logits_only(model)
+    keep = last_logits_only(model)
     with torch.inference_mode():
-        model(ids, use_cache=True, **keep)
-        return _best_time(lambda: model(ids, use_cache=True, **keep), device, repeats)
+        return min(time_fn(lambda: model(ids, use_cache=True, **keep), device, repeats, warmup=1))
 
 
 def greedy_decode_steps(model, ids, steps: int):
@@ -248,18 +207,16 @@ def greedy_decode_steps(model, ids, steps: int):
     """
     import torch
 
-    from inferlab.kvcache import cache_kwargs, cache_of
-
     device = str(model.device)
     with torch.inference_mode():
-        out = model(ids, use_cache=True, **_last_logits_only(model))
+        out = model(ids, use_cache=True, **last_logits_only(model))
         cache, nxt = cache_of(out), out.logits[:, -1:].argmax(-1)
         for _ in range(steps):
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             out = model(nxt, use_cache=True, **cache_kwargs(model, cache))
             cache, new = cache_of(out), out.logits[:, -1:].argmax(-1)
-            _sync(device)
+            synchronize(device)
             yield nxt, time.perf_counter() - t0
             nxt = new
 
@@ -269,39 +226,8 @@ def measure_decode(model, batch_size: int, context: int, steps: int = 16, warmup
 
     The median over steps (not the mean) keeps one stall from another process out of it.
     """
-    ids = _random_ids(model, batch_size, context)
+    ids = random_ids(model, batch_size, context)
     times = [t for _, t in greedy_decode_steps(model, ids, warmup + steps)][warmup:]
     seconds = sorted(times)[len(times) // 2]
     return {"batch_size": batch_size, "context": context + warmup + steps // 2, "seconds_per_step": seconds,
             "tokens_per_s": batch_size / seconds, "mean_seconds_per_step": sum(times) / len(times)}
-
-
-def measure_generate(model, prompt_len: int = 128, new_tokens: int = 64,
-                     cache_implementation: str | None = None, warmup: int = 1) -> dict[str, float]:
-    """The peer: transformers ``generate`` at batch 1, greedy, exactly ``new_tokens`` tokens.
-
-    ``cache_implementation="static"`` preallocates the cache; on CUDA transformers then
-    compiles the decode step (``torch.compile``, CUDA graphs), which removes most per-step
-    launch overhead. Warm-up runs use the same lengths, so the timed run reuses the graphs.
-    """
-    import torch
-
-    ids = _random_ids(model, 1, prompt_len)
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  pad_token_id=0, eos_token_id=None)
-    if cache_implementation:
-        kwargs["cache_implementation"] = cache_implementation
-    else:  # the dynamic cache has nothing to compile: a short warm-up is enough
-        warmup_kwargs = {**kwargs, "max_new_tokens": 2, "min_new_tokens": 2}
-    device = str(model.device)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model.generate(ids, **(kwargs if cache_implementation else warmup_kwargs))
-        _sync(device)
-        t0 = time.perf_counter()
-        out = model.generate(ids, **kwargs)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    made = out.shape[1] - prompt_len
-    return {"prompt_len": prompt_len, "new_tokens": int(made), "seconds": seconds, "tokens_per_s": made / seconds,
-            "cache_implementation": cache_implementation or "dynamic"}

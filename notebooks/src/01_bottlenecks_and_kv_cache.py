@@ -83,7 +83,8 @@ if torch.cuda.is_available():  # a GPU: the benchmark's 1B-shaped model with ran
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from inferlab.kvcache import format_bytes, kv_bytes_per_token, kv_cache_bytes
+from inferlab.kvcache import kv_bytes_per_token, kv_cache_bytes
+from inferlab.units import format_bytes
 
 n = kv_cache_bytes("llama-7b", seq_len=2048, batch_size=1, dtype="float16")
 print(f"2 x 32 x 32 x 128 x 2048 x 2 = {2 * 32 * 32 * 128 * 2048 * 2:,} bytes")
@@ -106,7 +107,8 @@ print(f"batch of 32                  = {format_bytes(n32, 'GiB')} = {format_byte
 # %%
 # NBVAL_CHECK_OUTPUT
 import inferlab as il
-from inferlab.kvcache import cache_of, measured_cache_bytes
+from inferlab.hf_compat import cache_of
+from inferlab.kvcache import measured_cache_bytes
 
 model, tok = il.load_model(MODEL, device="cpu", dtype="float32")
 layer0 = None
@@ -203,7 +205,8 @@ _ = calculator(model=CALC_MODEL, seq_len=CALC_CONTEXT, batch_size=CALC_BATCH, gp
 # Without a live widget (on GitHub, nbviewer), here is the default setting, drawn once:
 
 # %%
-from inferlab.kvcache import gpu_memory_bytes, memory_plan
+from inferlab.configs import gpu_memory_bytes
+from inferlab.kvcache import memory_plan
 
 plan = memory_plan(CALC_MODEL, gpu_memory_bytes(CALC_GPU), CALC_CONTEXT, batch_size=CALC_BATCH)
 fig = calculator_view(plan, CALC_GPU, CALC_BATCH)
@@ -214,7 +217,8 @@ fig = calculator_view(plan, CALC_GPU, CALC_BATCH)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from inferlab.kvcache import GPUS, gpu_memory_bytes, max_concurrent_sequences
+from inferlab.configs import GPUS, gpu_memory_bytes
+from inferlab.kvcache import max_concurrent_sequences
 
 print(f"{'GPU':<12} {'memory':>11}  {'Llama-2-7B fp16':>15} {'Llama-3-8B fp16':>15} {'Llama-3-8B fp8':>14}")
 for gpu in GPUS:
@@ -279,8 +283,9 @@ context_sweep_figure(contexts, {m: [kv_cache_bytes(m, c, 1, "float16") for c in 
 # %%
 # NBVAL_CHECK_OUTPUT
 from inferlab import roofline as rl
+from inferlab.configs import gpu_roof
 
-peak, bw = rl.gpu_roof("H200 141 GB")
+peak, bw = gpu_roof("H200 141 GB")
 print(f"H200 ridge point: {rl.ridge_point(peak, bw):.0f} FLOP/byte\n")
 print(f"{'step':<28} {'GFLOP':>9} {'GB moved':>9} {'FLOP/byte':>10} {'bound':>7}")
 for label, cost in [("prefill, 1 x 128 tokens", rl.prefill_cost("llama-3.2-1b", 128)),

@@ -15,8 +15,8 @@ from typing import Any
 
 
 def environment() -> dict[str, Any]:
-    """Hardware and versions for a result file (uses :func:`inferlab.loading.env_report`)."""
-    from inferlab.loading import env_report
+    """Hardware and versions for a result file (uses :func:`inferlab.device.env_report`)."""
+    from inferlab.device import env_report
 
     env = env_report(print_it=False)
     env["date"] = time.strftime("%Y-%m-%d")

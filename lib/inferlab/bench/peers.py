@@ -1,8 +1,9 @@
 """The peers: every Hugging Face transformers baseline our implementations are measured against.
 
 One module so that "the peer" means the same call in every benchmark and notebook:
-``generate`` one prompt at a time, in static left-padded batches, and (in the
-speculative-decoding benchmark) with an assistant model.
+``generate`` at batch 1 (the roofline's peer, optionally with a static, compiled cache),
+one prompt at a time and in static left-padded batches (the batching benchmark), and with
+an assistant model or prompt lookup (the speculative-decoding benchmark).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import torch
 
 from inferlab.bench.workloads import Request, RunResult
-from inferlab.device import synchronize
+from inferlab.device import synchronize, time_fn
 
 
 @torch.inference_mode()
@@ -46,3 +47,46 @@ def hf_generate_static(model, requests: list[Request], batch_size: int, pad_toke
         padding += len(batch) * longest - sum(r.max_tokens for r in batch)
     synchronize(device)
     return RunResult("hf_generate_static", time.perf_counter() - t0, useful, padding_tokens=padding)
+
+
+def hf_generate_batch1(model, prompt_len: int = 128, new_tokens: int = 64,
+                       cache_implementation: str | None = None, warmup: int = 1) -> dict[str, float]:
+    """transformers ``generate`` at batch 1, greedy, exactly ``new_tokens`` tokens, timed once.
+
+    ``cache_implementation="static"`` preallocates the cache; on CUDA transformers then
+    compiles the decode step (``torch.compile``, CUDA graphs), which removes most per-step
+    launch overhead. Warm-up runs use the same lengths, so the timed run reuses the graphs.
+    """
+    from inferlab.roofline import random_ids
+
+    ids = random_ids(model, 1, prompt_len)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=0, eos_token_id=None)
+    if cache_implementation:
+        kwargs["cache_implementation"] = cache_implementation
+        warmup_kwargs = kwargs
+    else:  # the dynamic cache has nothing to compile: a short warm-up is enough
+        warmup_kwargs = {**kwargs, "max_new_tokens": 2, "min_new_tokens": 2}
+    out = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model.generate(ids, **warmup_kwargs)
+        (seconds,) = time_fn(lambda: out.append(model.generate(ids, **kwargs)), model.device, repeats=1, warmup=0)
+    made = out[0].shape[1] - prompt_len
+    return {"prompt_len": prompt_len, "new_tokens": int(made), "seconds": seconds, "tokens_per_s": made / seconds,
+            "cache_implementation": cache_implementation or "dynamic"}
+
+
+def hf_generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int, **kwargs) -> int:
+    """transformers ``generate`` for one prompt, seeded; returns the number of new tokens.
+
+    ``temperature`` 0 is greedy; otherwise plain sampling (no top-k, no top-p). Extra
+    ``kwargs`` select transformers' own speculation: ``assistant_model=draft`` (assisted
+    generation) or ``prompt_lookup_num_tokens=k``.
+    """
+    torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {"do_sample": False}
+    out = model.generate(torch.tensor([prompt_ids], device=model.device), max_new_tokens=max_new_tokens,
+                         attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=model.device),
+                         pad_token_id=0, **sampling, **kwargs)
+    return out.shape[1] - len(prompt_ids)

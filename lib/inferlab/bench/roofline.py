@@ -17,30 +17,21 @@ import argparse
 from typing import Any
 
 from inferlab import roofline as rl
+from inferlab.bench.peers import hf_generate_batch1
+from inferlab.configs import param_count
 
 
 def build_model(name: Any, device: str, dtype: str):
     """An embedded model, a local folder or hub id (real weights), or a Llama with random weights
     from a shipped config name or dict, created directly on ``device`` in ``dtype`` (no download)."""
-    import torch
-
-    from inferlab.kvcache import known_models
-    from inferlab.loading import EMBEDDED_MODELS, load_model, random_init
+    from inferlab.configs import as_dict, known_models
+    from inferlab.hub import EMBEDDED_MODELS, load_model, random_init
 
     if isinstance(name, str) and (name in EMBEDDED_MODELS or name.lower() not in known_models()):
         model, _ = load_model(name, device=device, dtype=dtype)  # embedded, a local folder or a hub id
         return model, model.config.to_dict()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from inferlab.kvcache import as_dict
-
     raw = as_dict(name)
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings")
-    config = LlamaConfig(**{k: raw[k] for k in keys if k in raw})
-    with random_init(device, getattr(torch, dtype)):
-        model = LlamaForCausalLM(config)
-    return model.eval(), raw
+    return random_init(raw, device, dtype), raw
 
 
 def defaults(device: str) -> dict[str, Any]:
@@ -64,7 +55,7 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
     compiled on CUDA). ``checkpoint(payload)`` is called before that slow, optional step."""
     import torch
 
-    from inferlab.loading import pick_device
+    from inferlab.device import pick_device
 
     device = pick_device(device)
     opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
@@ -80,7 +71,7 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
 def _run(device: str, opts: dict[str, Any], say, checkpoint=None) -> dict[str, Any]:
     import torch
 
-    from inferlab.kvcache import format_bytes
+    from inferlab.units import format_bytes
 
     model, cfg = build_model(opts["model"], device, opts["dtype"])
     wdtype = opts["dtype"]
@@ -110,14 +101,14 @@ def _run(device: str, opts: dict[str, Any], say, checkpoint=None) -> dict[str, A
         say(f"decode batch {batch:>4}: {m['seconds_per_step'] * 1e3:8.2f} ms/step {m['tokens_per_s']:10,.0f} tok/s"
             f"  (bound {batch / bound:10,.0f} tok/s)")
 
-    gen = rl.measure_generate(model, prompt_len=min(128, opts["context"]), new_tokens=opts["generate_tokens"])
+    gen = hf_generate_batch1(model, prompt_len=min(128, opts["context"]), new_tokens=opts["generate_tokens"])
     weights = rl.weights_read_per_step(cfg) * rl.weight_bytes_per_param(wdtype)
     say(f"transformers generate, batch 1: {gen['tokens_per_s']:,.1f} tok/s; weights {format_bytes(weights, 'GB')}, "
         f"batch-1 bound {bw / weights:,.0f} tok/s")
     payload = {
         "model": str(cfg.get("name") or opts["model"]) if isinstance(opts["model"], dict) else opts["model"],
         "dtype": wdtype, "device": device, "random_weights": opts["model"] not in ("tiny", "tiny-draft"),
-        "params": rl.param_count(cfg), "weight_bytes_per_step": weights,
+        "params": param_count(cfg), "weight_bytes_per_step": weights,
         "copy_bandwidth": copy, "matmul": mm, "ridge_point": peak / bw,
         "batch1_bound_tokens_per_s": bw / weights, "prefill": prefill, "decode": decode,
         "generate": {**gen, "peer": f"transformers {_version('transformers')} generate, greedy, batch 1"},
@@ -127,7 +118,7 @@ def _run(device: str, opts: dict[str, Any], say, checkpoint=None) -> dict[str, A
         if checkpoint:
             checkpoint(payload)
         try:  # compiling can fail on some stacks; the rest of the run still counts
-            static = rl.measure_generate(model, prompt_len=min(128, opts["context"]),
+            static = hf_generate_batch1(model, prompt_len=min(128, opts["context"]),
                                          new_tokens=opts["generate_tokens"], cache_implementation="static", warmup=2)
             payload["generate_static"] = {**static, "peer": "transformers generate, static cache"
                                           + (" + torch.compile (auto)" if device.startswith("cuda") else "")}

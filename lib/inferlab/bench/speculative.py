@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import statistics
-import time
 
 import torch
 
+from inferlab.bench.peers import hf_generate
+from inferlab.device import time_fn
 from inferlab.speculative import (
     PromptLookupDecoder,
     SpeculativeDecoder,
@@ -55,25 +56,6 @@ def heldout_prompts(tokenizer, count: int = 4, prompt_tokens: int = 48) -> list[
     return prompts
 
 
-def _timed(fn, device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
-
-
-def _hf_generate(target, ids, max_new_tokens, temperature, seed, **kwargs):
-    torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {"do_sample": False}
-    out = target.generate(torch.tensor([ids], device=target.device), max_new_tokens=max_new_tokens,
-                          attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=target.device),
-                          pad_token_id=0, **sampling, **kwargs)
-    return out.shape[1] - len(ids)
-
-
 def methods(target, draft, tok, k: int, temperature: float, max_new_tokens: int, eos: int | None):
     """name -> function(prompt_ids, seed) returning (new tokens, SpeculativeOutput or None)."""
     common = {"max_new_tokens": max_new_tokens, "temperature": temperature, "eos_token_id": eos}
@@ -90,9 +72,9 @@ def methods(target, draft, tok, k: int, temperature: float, max_new_tokens: int,
         "ours": of(ours),
         "ours_adaptive": of(adaptive),
         "ours_lookup": of(lookup),
-        "hf_plain": lambda ids, seed: (_hf_generate(target, ids, max_new_tokens, temperature, seed), None),
-        "hf_assisted": lambda ids, seed: (_hf_generate(target, ids, max_new_tokens, temperature, seed, **assisted), None),
-        "hf_lookup": lambda ids, seed: (_hf_generate(target, ids, max_new_tokens, temperature, seed,
+        "hf_plain": lambda ids, seed: (hf_generate(target, ids, max_new_tokens, temperature, seed), None),
+        "hf_assisted": lambda ids, seed: (hf_generate(target, ids, max_new_tokens, temperature, seed, **assisted), None),
+        "hf_lookup": lambda ids, seed: (hf_generate(target, ids, max_new_tokens, temperature, seed,
                                                      prompt_lookup_num_tokens=k), None),
     }
 
@@ -116,7 +98,9 @@ def measure(target, draft, tok, prompts, k: int, temperature: float, max_new_tok
         for i, ids in enumerate(prompts):
             for name, fn in table.items():  # methods interleaved per prompt: load spikes hit all alike
                 seed = 1000 * max(rep, 0) + i
-                s, (n, out) = _timed(lambda fn=fn, ids=ids, seed=seed: fn(ids, seed), device)
+                done = []
+                (s,) = time_fn(lambda fn=fn, ids=ids, seed=seed, done=done: done.append(fn(ids, seed)), device, repeats=1, warmup=0)
+                n, out = done[0]
                 totals[name] += s
                 if rep == reps - 1:
                     tokens[name] += n

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from inferlab import configs, units
 from inferlab import kvcache as kv
 from inferlab import roofline as rl
 from inferlab.exercises import Check, verdict
@@ -19,7 +20,7 @@ def check_kv_per_token(fn: Callable[[dict[str, Any], int], int]) -> Check:
     ``num_key_value_heads`` and ``head_dim``, as in a Hugging Face config.json.
     """
     for name in _CASES:
-        cfg = kv.load_config(name)
+        cfg = configs.load_config(name)
         for nbytes, dtype in ((2, "float16"), (4, "float32")):
             truth = kv.kv_bytes_per_token(name, dtype)
             try:
@@ -42,9 +43,9 @@ def check_max_sequences(answer: int, model: str = "llama-3-8b", gpu: str = "A100
                         kv_dtype: str = "float16", weight_dtype: str = "bfloat16",
                         reserve_fraction: float = 0.1) -> Check:
     """How many ``seq_len``-token sequences fit beside the weights (reserve held back)?"""
-    plan = kv.memory_plan(model, kv.gpu_memory_bytes(gpu), seq_len, kv_dtype, weight_dtype, reserve_fraction)
+    plan = kv.memory_plan(model, configs.gpu_memory_bytes(gpu), seq_len, kv_dtype, weight_dtype, reserve_fraction)
     truth = plan["max_sequences"]
-    f = lambda n: kv.format_bytes(n, "GiB")  # noqa: E731
+    f = lambda n: units.format_bytes(n, "GiB")  # noqa: E731
     how = (f"({f(plan['gpu_memory'])} - {f(plan['reserve'])} reserve - {f(plan['weights'])} weights) "
            f"/ {f(plan['kv_per_sequence'])} per sequence, rounded down")
     return verdict(answer == truth, f"{truth} sequences: {how}.",

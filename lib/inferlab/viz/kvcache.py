@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferlab import configs, units
 from inferlab import kvcache as kv
 from inferlab.viz import PALETTE
 
@@ -27,17 +28,17 @@ def per_token_text(rows: list[dict[str, Any]]) -> str:
             f"{'KV/token':>11} {'n_heads formula':>15} {'params':>8} {'one sequence':>23}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        seq = f"{kv.format_bytes(r['per_sequence'], 'auto')} @ {r['seq_len']:,}"
+        seq = f"{units.format_bytes(r['per_sequence'], 'auto')} @ {r['seq_len']:,}"
         lines.append(
             f"{r['model']:<15} {r['attention']:<4} {r['layers']:>6} {r['heads']:>5} {r['kv_heads']:>4} "
-            f"{r['head_dim']:>4} {kv.format_bytes(r['per_token'], 'KiB'):>11} "
-            f"{kv.format_bytes(r['naive_per_token'], 'KiB'):>15} {r['params'] / 1e9:>7.2f}B {seq:>23}")
+            f"{r['head_dim']:>4} {units.format_bytes(r['per_token'], 'KiB'):>11} "
+            f"{units.format_bytes(r['naive_per_token'], 'KiB'):>15} {r['params'] / 1e9:>7.2f}B {seq:>23}")
     return "\n".join(lines)
 
 
 def describe_plan(plan: dict[str, Any], gpu: str = "", batch_size: int | None = None) -> str:
     """One paragraph: what one GPU holds and how many sequences fit."""
-    f = lambda n: kv.format_bytes(n, "GiB")  # noqa: E731
+    f = lambda n: units.format_bytes(n, "GiB")  # noqa: E731
     where = f" on {gpu}" if gpu else ""
     tp = f" (TP={plan['tp_size']}, per GPU)" if plan["tp_size"] > 1 else ""
     beyond = plan.get("max_context") and plan["seq_len"] > plan["max_context"]
@@ -94,7 +95,7 @@ def calculator_view(plan: dict[str, Any], gpu: str = "", batch_size: int | None 
 
 def _plan_and_view(model: str, seq_len: int, batch_size: int, kv_dtype: str, tp_size: int, gpu: str) -> None:
     """One setting of the calculator's controls: compute the plan, then draw it."""
-    plan = kv.memory_plan(model, kv.gpu_memory_bytes(gpu), seq_len, kv_dtype, tp_size=tp_size, batch_size=batch_size)
+    plan = kv.memory_plan(model, configs.gpu_memory_bytes(gpu), seq_len, kv_dtype, tp_size=tp_size, batch_size=batch_size)
     calculator_view(plan, gpu, batch_size)
 
 
@@ -109,12 +110,12 @@ def calculator(**defaults: Any):
     import ipywidgets as w
 
     controls = dict(
-        model=w.Dropdown(options=kv.known_models(), value=start["model"], description="model"),
+        model=w.Dropdown(options=configs.known_models(), value=start["model"], description="model"),
         seq_len=w.SelectionSlider(options=CONTEXTS, value=start["seq_len"], description="context"),
         batch_size=w.IntSlider(min=1, max=512, value=start["batch_size"], description="batch"),
         kv_dtype=w.Dropdown(options=KV_DTYPE_CHOICES, value=start["kv_dtype"], description="KV dtype"),
         tp_size=w.Dropdown(options=[1, 2, 4, 8, 16], value=start["tp_size"], description="TP degree"),
-        gpu=w.Dropdown(options=list(kv.GPUS), value=start["gpu"], description="GPU"),
+        gpu=w.Dropdown(options=list(configs.GPUS), value=start["gpu"], description="GPU"),
     )
     return w.interact(_plan_and_view, **controls)
 
@@ -203,7 +204,7 @@ def roofline_text(res: dict[str, Any], label: str) -> str:
     """The key numbers of a roofline run, as lines of text."""
     bw, peak = res["copy_bandwidth"]["bytes_per_s"], res["matmul"]["flops_per_s"]
     lines = [f"{label}: {res['model']} ({res['dtype']}), {res['params'] / 1e6:,.1f} M params, "
-             f"{kv.format_bytes(res['weight_bytes_per_step'], 'GB')} of weights per step",
+             f"{units.format_bytes(res['weight_bytes_per_step'], 'GB')} of weights per step",
              f"  copy bandwidth {bw / 1e9:,.1f} GB/s, matmul {peak / 1e12:,.3f} TFLOP/s, ridge {peak / bw:,.1f} FLOP/B",
              f"  batch-1 decode bound {res['batch1_bound_tokens_per_s']:,.0f} tok/s; "
              f"measured {res['decode'][0]['tokens_per_s']:,.0f} tok/s; transformers generate "
