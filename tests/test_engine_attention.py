@@ -1,9 +1,9 @@
-"""The engine's attention (SDPA over gathered slots) against the reference paged attention.
+"""Every engine attention backend against the reference paged attention.
 
-`inferlab.paged_attention` is the slow, obvious reference (explicit masks, float32 matmuls);
-the engine's `model_runner.paged_attention` is the path the engine runs. For random block
-layouts and a step that mixes decodes, first prefill chunks and later chunks, both must give
-the same output from the same cache.
+`inferlab.attention.paged` is the slow, obvious reference (explicit masks, float32 matmuls);
+the `Attention` module, on each backend of `inferlab.attention.BACKENDS`, is the path the
+engine runs. For random block layouts and a step that mixes decodes, first prefill chunks
+and later chunks, all must give the same output from the same cache.
 """
 
 import random
@@ -11,9 +11,10 @@ import random
 import pytest
 import torch
 
-from inferlab import paged_attention as ref
+from inferlab.attention import BACKENDS, Attention
+from inferlab.attention import paged as ref
 from inferlab.engine.model_runner import ChunkInput, build_metadata
-from inferlab.engine.model_runner import paged_attention as engine_attention
+from inferlab.paging import cdiv
 
 HEADS, KV_HEADS, DIM, BLOCK = 8, 2, 16, 4
 
@@ -28,14 +29,15 @@ def random_step(seed: int):
     rng.shuffle(free)
     chunks = []
     for start, n in shapes:
-        need = (start + n + BLOCK - 1) // BLOCK
+        need = cdiv(start + n, BLOCK)
         table, free = free[:need], free[need:]
         chunks.append(ChunkInput(token_ids=[0] * n, start=start, block_table=table))
     return chunks
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 @pytest.mark.parametrize("seed", range(6))
-def test_engine_attention_equals_reference(seed):
+def test_engine_attention_equals_reference(seed, backend):
     torch.manual_seed(seed)
     chunks = random_step(seed)
     k_cache = torch.randn(64, BLOCK, KV_HEADS, DIM)
@@ -44,7 +46,9 @@ def test_engine_attention_equals_reference(seed):
     q, k, v = torch.randn(total, HEADS, DIM), torch.randn(total, KV_HEADS, DIM), torch.randn(total, KV_HEADS, DIM)
 
     meta = build_metadata(chunks, BLOCK, "cpu")
-    out = engine_attention(q, k, v, meta, k_cache, v_cache)  # also writes this step's K/V
+    attention = Attention(HEADS, KV_HEADS, DIM, backend=backend)
+    attention.k_cache, attention.v_cache = k_cache, v_cache
+    out = attention(q, k, v, meta)  # also writes this step's K/V
 
     tables = ref.block_tables_tensor([c.block_table for c in chunks])
     context = torch.tensor([c.start + len(c.token_ids) for c in chunks])

@@ -24,7 +24,7 @@ SMALL = {"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermedi
 
 
 def _runner(num_blocks=64):
-    return ModelRunner.random(SMALL, "cpu", torch.float32, block_size=4, num_blocks=num_blocks)
+    return ModelRunner(SMALL, device="cpu", dtype=torch.float32, block_size=4, num_kv_blocks=num_blocks)
 
 
 def test_static_and_continuous_do_the_same_useful_work():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inferlab.engine.model_runner import ChunkInput, ModelConfig, ModelRunner, rope_inv_freq
+from inferlab.engine.config import ModelConfig
+from inferlab.engine.layers import rope_inv_freq
+from inferlab.engine.model_runner import ChunkInput, ModelRunner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +28,7 @@ def test_tiny_logits_match_transformers(tiny):
     model, tok = tiny
     from inferlab.paths import models_dir
 
-    runner = ModelRunner.from_pretrained(models_dir() / "tiny", "cpu", torch.float32, block_size=16, num_blocks=32)
+    runner = ModelRunner(models_dir() / "tiny", device="cpu", dtype=torch.float32, block_size=16, num_kv_blocks=32)
     ids = tok.encode("import os\n\ndef walk(top, topdown=True):\n    \"\"\"Walk a tree.\"\"\"\n" * 3)
     ours = runner.reference_logits(ids)
     assert (ours - _hf_logits(model, ids)).abs().max().item() <= 1e-4
@@ -35,7 +37,7 @@ def test_tiny_logits_match_transformers(tiny):
 def test_paged_chunks_and_decodes_match_full_forward(tiny):
     """Chunked prefill through a scattered block table, then decodes, equal one full forward."""
     model, tok = tiny
-    runner = ModelRunner.from_hf_model(model, "cpu", torch.float32, block_size=4, num_blocks=40)
+    runner = ModelRunner(model, device="cpu", dtype=torch.float32, block_size=4, num_kv_blocks=40)
     ids = tok.encode("class Stack:\n    def push(self, item):\n        self.items.append(item)\n")
     ref = _hf_logits(model, ids)
     table = list(range(39, 39 - (len(ids) + 3) // 4, -1))  # blocks in reverse order on purpose
@@ -75,7 +77,7 @@ def _random_model(kind: str, **extra):
 )
 def test_families_match_transformers(kind, extra):
     model = _random_model(kind, **extra)
-    runner = ModelRunner.from_hf_model(model, "cpu", torch.float32, block_size=8, num_blocks=8)
+    runner = ModelRunner(model, device="cpu", dtype=torch.float32, block_size=8, num_kv_blocks=8)
     ids = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(1)).tolist()
     assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4
 
@@ -103,6 +105,6 @@ def test_loads_a_saved_sharded_checkpoint(tmp_path):
     model = _random_model("qwen2", tie_word_embeddings=False)
     model.save_pretrained(tmp_path, max_shard_size="100KB", safe_serialization=True)
     assert (tmp_path / "model.safetensors.index.json").is_file()
-    runner = ModelRunner.from_pretrained(tmp_path, "cpu", torch.float32, block_size=8, num_blocks=8)
+    runner = ModelRunner(tmp_path, device="cpu", dtype=torch.float32, block_size=8, num_kv_blocks=8)
     ids = list(range(3, 40))
     assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4

@@ -24,17 +24,12 @@ from typing import Any
 
 import torch
 
+from inferlab.bench.peers import hf_generate_per_prompt, hf_generate_static
+from inferlab.bench.workloads import NullTokenizer, Request, run_engine, synthetic_requests
 from inferlab.engine.llm_engine import LLMEngine
 from inferlab.engine.model_runner import ModelRunner
-from inferlab.engine.workload import (
-    NullTokenizer,
-    Request,
-    hf_generate_per_prompt,
-    hf_generate_static,
-    run_engine,
-    synthetic_requests,
-)
 
+BLOCK_SIZE = 16
 CPU_SIZES = {"n": 48, "prompt_len": (8, 128), "output_len": (8, 96), "batch": 16, "peer_n": 48,
              "rates": [4.0, 8.0, 16.0], "online_n": 32}
 GPU_SIZES = {"n": 256, "prompt_len": (64, 1024), "output_len": (64, 512), "batch": 64, "peer_n": 4,
@@ -46,23 +41,25 @@ def setup(device: str) -> tuple[ModelRunner, Any, Any, dict]:
     from inferlab.bench.roofline import build_model
 
     if device.startswith("cuda"):
-        from inferlab.kvcache import as_dict
+        from inferlab.configs import as_dict
 
         config = as_dict("llama-3.2-1b")
         peer, _ = build_model(config, device, "bfloat16")
         # Random weights of the same shape, built on the GPU (timing does not depend on values).
-        runner = ModelRunner.random(config, device, torch.bfloat16, block_size=16, num_blocks=_gpu_blocks(peer))
+        runner = ModelRunner(config, device=device, dtype=torch.bfloat16, block_size=BLOCK_SIZE,
+                             num_kv_blocks=_gpu_blocks(config, torch.bfloat16))
         return runner, NullTokenizer(), peer, GPU_SIZES
     peer, _ = build_model("tiny", device, "float32")
-    runner = ModelRunner.from_hf_model(peer, device, torch.float32, block_size=16, num_blocks=2048)
+    runner = ModelRunner(peer, device=device, dtype=torch.float32, block_size=BLOCK_SIZE, num_kv_blocks=2048)
     return runner, NullTokenizer(), peer, CPU_SIZES
 
 
-def _gpu_blocks(model) -> int:
+def _gpu_blocks(config: dict, dtype: torch.dtype) -> int:
+    """Half the free GPU memory in KV blocks: the rest is left for the peer's own cache."""
+    from inferlab.kvcache import kv_bytes_per_block
+
     free, _ = torch.cuda.mem_get_info()
-    c = model.config
-    per_block = 2 * c.num_hidden_layers * 16 * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 2
-    return int(free * 0.5) // per_block  # leave room for the peer's own cache
+    return int(free * 0.5) // kv_bytes_per_block(config, dtype, BLOCK_SIZE)
 
 
 def engine(runner: ModelRunner, tok, policy: str, batch: int) -> LLMEngine:
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default data/results)")
     args = parser.parse_args(argv)
     from inferlab.bench import save_result
-    from inferlab.loading import pick_device
+    from inferlab.device import pick_device
 
     device = pick_device(args.device)
     if device == "cpu":

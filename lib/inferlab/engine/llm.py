@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from inferlab.engine.config import EngineConfig
 from inferlab.engine.llm_engine import LLMEngine, RequestTooLarge
 from inferlab.engine.model_runner import ModelRunner
 from inferlab.engine.outputs import CompletionOutput, RequestOutput
@@ -24,91 +25,43 @@ from inferlab.engine.sampling_params import SamplingParams
 from inferlab.engine.sequence import RequestMetrics
 
 
-def resolve_checkpoint(model: str) -> Path:
-    """A local folder for an embedded name, a folder, or a hub id (downloaded or from the cache)."""
-    from inferlab.loading import _offline, resolve_model_path
+def build_engine(model: Any = "tiny", tokenizer: Any = None, config: EngineConfig | None = None,
+                 **settings: Any) -> LLMEngine:
+    """An :class:`LLMEngine` for a name/path/hub id, or for an already loaded transformers model.
 
-    path = Path(resolve_model_path(model))
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-    return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=_offline()))
-
-
-def build_engine(model: Any = "tiny", tokenizer: Any = None, device: str | None = None, dtype: Any = None,
-                 block_size: int = 16, num_kv_blocks: int | None = None, gpu_memory_utilization: float = 0.9,
-                 **engine_kwargs: Any) -> LLMEngine:
-    """An :class:`LLMEngine` for a name/path/hub id, or for an already loaded transformers model."""
-    from inferlab.loading import pick_device, pick_dtype
-
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size!r}")
-    if num_kv_blocks is not None and num_kv_blocks <= 0:
-        raise ValueError(f"num_kv_blocks must be positive, got {num_kv_blocks!r}")
-    if not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
-    pool = {"max_num_seqs": engine_kwargs.get("max_num_seqs", 64), "gpu_memory_utilization": gpu_memory_utilization}
-    if isinstance(model, (str, Path)):
-        path = resolve_checkpoint(str(model))
-        device = pick_device(device)
-        runner = ModelRunner.from_pretrained(path, device, pick_dtype(device, dtype), block_size, num_kv_blocks, **pool)
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-        engine = LLMEngine(runner, tokenizer, **engine_kwargs)
-        engine.eos_token_ids.update(_generation_eos(path))
-        return engine
-    if tokenizer is None:
+    ``config``/``settings``: an :class:`EngineConfig` and/or any of its fields.
+    """
+    config = EngineConfig.from_kwargs(config, **settings)
+    if not isinstance(model, (str, Path)) and tokenizer is None:
         raise ValueError("tokenizer is required when model is a loaded model object")
-    dtype = pick_dtype(device or "cpu", dtype) if dtype is not None else None
-    runner = ModelRunner.from_hf_model(model, device, dtype, block_size, num_kv_blocks, **pool)
-    engine = LLMEngine(runner, tokenizer, **engine_kwargs)
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    engine.eos_token_ids.update([] if eos is None else eos if isinstance(eos, list) else [eos])
+    runner = ModelRunner(model, config)
+    if tokenizer is None:
+        from inferlab.hub import load_tokenizer
+
+        tokenizer = load_tokenizer(str(runner.checkpoint))
+    engine = LLMEngine(runner, tokenizer, config)
+    if runner.checkpoint is not None:
+        engine.eos_token_ids.update(_generation_eos(runner.checkpoint))
+    else:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        engine.eos_token_ids.update([] if eos is None else eos if isinstance(eos, list) else [eos])
     return engine
 
 
 class LLM:
     """Offline batched generation with continuous batching and a paged KV cache.
 
-    ``num_kv_blocks``: size of the KV pool in blocks of ``block_size`` tokens (default:
-    90 % of free GPU memory, or up to 128 MiB elsewhere). ``max_num_seqs`` and
-    ``max_num_batched_tokens`` bound each step; ``enable_chunked_prefill`` lets long
-    prompts be split across steps; ``enable_prefix_caching`` reuses the KV of shared
-    prompt prefixes.
+    ``model``: an embedded name (``"tiny"``), a folder, a hub id, or a loaded transformers
+    model (then ``tokenizer`` is required). Every other keyword is an :class:`EngineConfig`
+    field (``device``, ``dtype``, ``block_size``, ``num_kv_blocks``, ``max_num_seqs``,
+    ``max_num_batched_tokens``, ``enable_prefix_caching``, ``enable_chunked_prefill``,
+    ``policy``, ``gpu_memory_utilization``, ``attention_backend``, ...), checked before
+    anything loads.
     """
 
-    def __init__(
-        self,
-        model: Any = "tiny",
-        tokenizer: Any = None,
-        device: str | None = None,
-        dtype: Any = None,
-        block_size: int = 16,
-        num_kv_blocks: int | None = None,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int = 512,
-        enable_prefix_caching: bool = False,
-        enable_chunked_prefill: bool = True,
-        policy: str = "continuous",
-        gpu_memory_utilization: float = 0.9,
-        trust_remote_code: bool = False,
-    ):
-        if trust_remote_code:
-            raise ValueError("trust_remote_code=True is not supported: the engine runs its own model code")
-        if max_num_seqs <= 0:
-            raise ValueError(f"max_num_seqs must be positive, got {max_num_seqs!r}")
-        if max_num_batched_tokens <= 0:
-            raise ValueError(f"max_num_batched_tokens must be positive, got {max_num_batched_tokens!r}")
-        self.engine = build_engine(
-            model, tokenizer, device, dtype, block_size, num_kv_blocks,
-            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
-            policy=policy, gpu_memory_utilization=gpu_memory_utilization,
-        )
+    def __init__(self, model: Any = "tiny", tokenizer: Any = None, config: EngineConfig | None = None,
+                 **settings: Any):
+        self.engine = build_engine(model, tokenizer, config, **settings)
         self.tokenizer = self.engine.tokenizer
 
     def get_tokenizer(self):

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from inferlab.engine.block_manager import BlockManager
+from inferlab.engine.config import EngineConfig
 from inferlab.engine.model_runner import ChunkInput, ModelRunner
 from inferlab.engine.outputs import CompletionOutput, RequestOutput
-from inferlab.engine.sampler import sample
 from inferlab.engine.sampling_params import SamplingParams
 from inferlab.engine.scheduler import Scheduler, SchedulerOutput
 from inferlab.engine.sequence import RequestMetrics, Sequence, SequenceStatus
+from inferlab.sampling import sample
 
 
 class RequestTooLarge(ValueError):
@@ -46,32 +47,30 @@ class StepRecord:
 
 
 class LLMEngine:
-    def __init__(
-        self,
-        runner: ModelRunner,
-        tokenizer: Any,
-        max_num_seqs: int = 64,
-        max_num_batched_tokens: int = 512,
-        enable_prefix_caching: bool = False,
-        enable_chunked_prefill: bool = True,
-        policy: str = "continuous",
-        record_trace: bool = True,
-        num_blocks: int | None = None,
-    ):
-        """``num_blocks``: use only this many of the runner's KV blocks (to study a small pool)."""
+    """The engine over a :class:`ModelRunner`: ``add_request``, then ``step()`` until done.
+
+    ``config``/``settings``: an :class:`EngineConfig` and/or any of its fields (the scheduling
+    ones apply here; the model and pool ones were used when ``runner`` was built).
+    ``num_blocks``: use only this many of the runner's KV blocks (to study a small pool).
+    """
+
+    def __init__(self, runner: ModelRunner, tokenizer: Any, config: EngineConfig | None = None, *,
+                 num_blocks: int | None = None, **settings: Any):
+        self.engine_config = config = EngineConfig.from_kwargs(config, **settings)
         self.runner, self.tokenizer = runner, tokenizer
         self.config = runner.config
         if num_blocks is not None and not 0 < num_blocks <= runner.num_blocks:
             raise ValueError(f"num_blocks must be in [1, {runner.num_blocks}], got {num_blocks!r}")
         pool = num_blocks or runner.num_blocks
-        self.block_manager = BlockManager(pool, runner.block_size, enable_prefix_caching, runner.copy_block)
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy)
+        self.block_manager = BlockManager(pool, runner.block_size, config.enable_prefix_caching, runner.copy_block)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.enable_chunked_prefill, config.policy)
         self.max_model_len = runner.config.max_model_len
         self.eos_token_ids = set(runner.config.eos_token_ids)
         if getattr(tokenizer, "eos_token_id", None) is not None:
             self.eos_token_ids.add(tokenizer.eos_token_id)
         self.pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
-        self.record_trace = record_trace
+        self.record_trace = config.record_trace
         self.trace: list[StepRecord] = []
         self.sequences: dict[str, Sequence] = {}
         self._counter = 0
@@ -250,12 +249,6 @@ class LLMEngine:
             request_id=seq.request_id, prompt=seq.prompt, prompt_token_ids=list(seq.prompt_token_ids),
             outputs=[completion], finished=seq.is_finished, metrics=seq.metrics, error=seq.error,
         )
-
-    def run_until_done(self) -> list[RequestOutput]:
-        outputs = []
-        while self.has_unfinished_requests():
-            outputs += self.step()
-        return outputs
 
 
 def _generator(seed: int | None) -> torch.Generator:

@@ -38,10 +38,6 @@ class RequestMetrics:
         """Time to first token: arrival to the first sampled token."""
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
 
-    @property
-    def e2e_latency(self) -> float | None:
-        return None if self.finish_time is None else self.finish_time - self.arrival_time
-
 
 @dataclass
 class Sequence:

@@ -1,0 +1,148 @@
+"""The engine's settings, listed once: :class:`EngineConfig`; and the model shape it runs, :class:`ModelConfig`.
+
+``LLM(...)``, :func:`~inferlab.engine.llm.build_engine` and
+:class:`~inferlab.engine.llm_engine.LLMEngine` all take these keyword arguments and build
+an ``EngineConfig`` (as nano-vllm's ``Config`` and vLLM's ``EngineArgs``); the checks live in
+``__post_init__``, so a bad value fails before anything loads, with its argument's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+POLICIES = ("continuous", "static")
+
+
+@dataclass
+class EngineConfig:
+    """Every engine setting, with its default.
+
+    ``num_kv_blocks``: size of the KV pool in blocks of ``block_size`` tokens (default: a
+    ``gpu_memory_utilization`` share of free GPU memory, or up to 128 MiB elsewhere).
+    ``max_num_seqs`` and ``max_num_batched_tokens`` bound each step (Orca's iteration-level
+    scheduling); ``enable_chunked_prefill`` lets long prompts be split across steps (Sarathi);
+    ``enable_prefix_caching`` reuses the KV of shared prompt prefixes; ``policy="static"``
+    is classic static batching, for comparison. ``attention_backend`` picks the attention
+    implementation once (:data:`inferlab.attention.backends.BACKENDS`). ``seed`` seeds the
+    random weights when the model is given as a bare config.
+    """
+
+    device: str | None = None
+    dtype: Any = None
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    enable_prefix_caching: bool = False
+    enable_chunked_prefill: bool = True
+    policy: str = "continuous"
+    attention_backend: str = "sdpa"
+    record_trace: bool = True
+    trust_remote_code: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trust_remote_code:
+            raise ValueError("trust_remote_code=True is not supported: the engine runs its own model code")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_kv_blocks is not None:
+            _check_positive_int("num_kv_blocks", self.num_kv_blocks)
+        if isinstance(self.gpu_memory_utilization, bool) or not isinstance(self.gpu_memory_utilization, (int, float)) \
+                or not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be 'continuous' or 'static', got {self.policy!r}")
+        from inferlab.attention.backends import BACKENDS
+
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {sorted(BACKENDS)}, got {self.attention_backend!r}")
+
+    @classmethod
+    def from_kwargs(cls, config: EngineConfig | None = None, **settings: Any) -> EngineConfig:
+        """``config`` (or the defaults) with ``settings`` replacing fields; unknown names are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown engine setting(s) {unknown}; EngineConfig has {sorted(known)}")
+        base = {f.name: getattr(config, f.name) for f in fields(cls)} if config is not None else {}
+        return cls(**{**base, **settings})
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The few numbers of a Hugging Face ``config.json`` that a Llama-family decoder needs."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    rope_theta: float
+    rope_scaling: dict = field(default_factory=dict)
+    eos_token_ids: tuple[int, ...] = ()
+    max_model_len: int = 0
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {model_type!r} is not supported by inferlab's engine "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        heads = cfg["num_attention_heads"]
+        rope = dict(cfg.get("rope_parameters") or {})  # transformers >= 5
+        rope.update(cfg.get("rope_scaling") or {})  # transformers 4 style
+        theta = rope.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
+        bias = bool(cfg.get("attention_bias", False))
+        eos = cfg.get("eos_token_id")
+        max_pos = int(cfg.get("max_position_embeddings", 2048))
+        return cls(
+            model_type=model_type,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=max_pos,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=bias or model_type == "qwen2",  # Qwen2 always has q/k/v bias, never o bias
+            o_bias=bias and model_type != "qwen2",
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            rope_theta=float(theta),
+            rope_scaling=rope,
+            eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),),
+            max_model_len=_max_model_len(cfg, model_type, max_pos),
+        )
+
+
+def _max_model_len(cfg: dict, model_type: str, max_pos: int) -> int:
+    """Context length we serve: a sliding window (Mistral v0.1, some Qwen2) caps it.
+
+    Below the window, sliding-window attention equals full attention, so capping the
+    context keeps our (full) attention exact instead of silently wrong.
+    """
+    window = cfg.get("sliding_window")
+    uses_window = window and (model_type == "mistral" or cfg.get("use_sliding_window", False))
+    return min(max_pos, int(window)) if uses_window else max_pos
