@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inferlab.paged_attention import (
+from inferlab.attention import (
     PagedKVCache,
     block_tables_tensor,
     paged_attention,
@@ -175,7 +175,7 @@ def test_allocator_fork_cow_end_to_end():
 
 def test_tiny_model_with_paged_attention_gives_the_same_logits_and_tokens():
     il = pytest.importorskip("inferlab")
-    from inferlab.paged_attention import hf_paged_attention
+    from inferlab.attention import hf_paged_attention
 
     model, tok = il.load_model("tiny")
     ids = tok("def add(a, b):\n    return", return_tensors="pt").input_ids

@@ -10,7 +10,7 @@ token ``i`` lives in *slot* ``block_table[i // block_size] * block_size + i % bl
 (:func:`slot_for`, the one home of that formula; :func:`cdiv` the one ceiling division).
 Blocks come from a free list and only the last block of a sequence can be partly
 empty: waste is bounded by ``block_size - 1`` slots per sequence, instead of the
-reserved-but-unused tail that contiguous allocation pays (see :mod:`inferlab.memsim`).
+reserved-but-unused tail that contiguous allocation pays (see :mod:`inferlab.paging_sim`).
 
 Because a block table is an indirection, blocks can be *shared*:
 
@@ -68,9 +68,13 @@ def slot_for(block_table: Sequence[int], position: int, block_size: int) -> int:
     """The KV-cache slot of token ``position``: its block's first slot plus its offset.
 
     The one place the paged address is computed (Kwon et al. 2023, §4.2): a block table
-    maps logical block ``position // block_size`` to a physical block.
+    maps logical block ``position // block_size`` to a physical block. Works on ints and,
+    vectorized, on tensors (``block_table`` ``[blocks]`` or ``[rows, blocks]``, ``position`` any shape).
     """
-    return block_table[position // block_size] * block_size + position % block_size
+    index = position // block_size
+    # a batch of tables ([rows, blocks] tensor) is indexed on its last axis; a list directly
+    blocks = block_table[..., index] if getattr(block_table, "ndim", 1) > 1 else block_table[index]
+    return blocks * block_size + position % block_size
 
 
 def slot_mapping(block_table: Sequence[int], start: int, end: int, block_size: int) -> list[int]:

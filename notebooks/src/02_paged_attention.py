@@ -253,8 +253,8 @@ sharing_figure(ours, paging_sim.PAPER_SHARING_SAVINGS_ALPACA).show()
 # ## 5. Paged attention: reading K/V through block tables
 #
 # The allocator only hands out numbers; the attention kernel must then read each sequence's
-# keys and values from scattered blocks. `inferlab.paged_attention` keeps K and V per layer as
-# `[num_blocks, block_size, kv_heads, head_dim]`, writes new tokens through a slot mapping, and
+# keys and values from scattered blocks. `inferlab.attention` keeps K and V of layer `i` as
+# `[num_blocks, block_size, kv_heads, head_dim]` views of one pool tensor, writes new tokens through a slot mapping, and
 # gathers a sequence's context through its block table with index tensors. Grouped-query
 # attention (several query heads per KV head) is handled by grouping the query heads.
 #
@@ -264,7 +264,7 @@ sharing_figure(ours, paging_sim.PAPER_SHARING_SAVINGS_ALPACA).show()
 # %%
 # NBVAL_CHECK_OUTPUT
 import inferlab as il
-from inferlab.paged_attention import hf_paged_attention
+from inferlab.attention import hf_paged_attention
 
 model, tok = il.load_model(MODEL, device=DEVICE)
 ids = tok("import os\n\ndef list_python_files(root):\n", return_tensors="pt").input_ids.to(model.device)
@@ -290,7 +290,7 @@ print(tok.decode(paged_tokens[0]))
 # %%
 import time
 
-from inferlab.paged_attention import PagedKVCache, paged_attention
+from inferlab.attention import PagedKVCache, paged_attention
 
 cfg = model.config
 n_seqs, ctx = (64, 1024) if torch.cuda.is_available() else (16, 256)

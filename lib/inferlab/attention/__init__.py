@@ -1,0 +1,28 @@
+"""Paged attention: one cache layout, one ``paged_attention`` name, one module with a backend switch.
+
+- :mod:`~inferlab.attention.paged`     the KV block pool (:class:`PagedKVCache`) and the readable
+  reference (``paged_attention`` for decode, ``paged_attention_prefill``); notebook 02
+- :mod:`~inferlab.attention.metadata`  what one engine step tells attention (slots to write and read)
+- :mod:`~inferlab.attention.layer`     ``Attention``: the module every model layer calls
+- :mod:`~inferlab.attention.backends`  backends by name: ``reference``, ``sdpa`` (Triton, flash: later)
+- :mod:`~inferlab.attention.sdpa`      the SDPA backend the engine runs by default
+- :mod:`~inferlab.attention.hf`        ``hf_paged_attention``: a transformers model on our paged cache
+"""
+
+from inferlab.attention.backends import BACKENDS, get_backend
+from inferlab.attention.hf import hf_paged_attention
+from inferlab.attention.layer import Attention
+from inferlab.attention.metadata import AttentionMetadata
+from inferlab.attention.paged import (
+    PagedKVCache,
+    block_tables_tensor,
+    gather_kv,
+    paged_attention,
+    paged_attention_prefill,
+    slot_mapping_tensor,
+)
+
+__all__ = [
+    "BACKENDS", "Attention", "AttentionMetadata", "PagedKVCache", "block_tables_tensor", "gather_kv",
+    "get_backend", "hf_paged_attention", "paged_attention", "paged_attention_prefill", "slot_mapping_tensor",
+]

@@ -1,0 +1,27 @@
+"""The attention backends, by name: adding one is a file with an ``attend`` function and a line here.
+
+Every backend has the signature of :func:`inferlab.attention.sdpa.attend`:
+``attend(q, k, v, meta, k_cache, v_cache, scale) -> out`` (this step's K/V are already in the
+cache). Backends are imported only when chosen, so an optional dependency (Triton,
+flash-attn) is needed only by whoever picks that backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+
+BACKENDS: dict[str, str] = {
+    "reference": "inferlab.attention.paged:attend",  # float32, explicit masks: the one to test against
+    "sdpa": "inferlab.attention.sdpa:attend",  # torch SDPA over gathered slots: the engine's default
+    # "triton": "inferlab.attention.paged_triton:attend",
+    # "flash": "inferlab.attention.flash:attend",
+}
+
+
+def get_backend(name: str) -> Callable:
+    """The ``attend`` function of backend ``name`` (a key of :data:`BACKENDS`)."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {sorted(BACKENDS)}, got {name!r}")
+    module, _, func = BACKENDS[name].partition(":")
+    return getattr(import_module(module), func)
