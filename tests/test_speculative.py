@@ -13,20 +13,20 @@ import pytest
 import torch
 
 from inferlab.naive import tutorial_speculative_step
+from inferlab.sampling import warp_probabilities
 from inferlab.speculative import (
     BONUS,
     RESAMPLED,
     PromptLookupDecoder,
     SpeculativeDecoder,
-    chi_square_pvalue,
     expected_speedup,
     expected_tokens_per_step,
     lookup_continuation,
     optimal_k,
     plain_generate,
     speculative_sampling_step,
-    warp_probabilities,
 )
+from inferlab.stats import chi_square_pvalue
 
 PROMPTS = [
     'def is_prime(n):\n    """Return True if n is prime."""',

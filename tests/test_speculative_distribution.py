@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from inferlab.naive import tutorial_speculative_step
+from inferlab.sampling import warp_probabilities
 from inferlab.speculative import (
     SpeculativeDecoder,
-    chi_square_pvalue,
     first_step_samples,
     target_next_token_probs,
-    warp_probabilities,
 )
+from inferlab.stats import chi_square_pvalue
 
 PROMPT = "    if not"  # three tokens: cheap to replicate into a batch of a thousand rows
 TEMPERATURE, TOP_P = 1.0, 0.8

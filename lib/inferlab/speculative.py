@@ -43,6 +43,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferlab.device import synchronize
+from inferlab.hf_compat import cache_keyword, crop_cache, new_dynamic_cache
+from inferlab.sampling import sample_token, warp_probabilities
+
 ACCEPTED, RESAMPLED, BONUS = "accepted", "resampled", "bonus"
 
 # --------------------------------------------------------------------------- theory
@@ -100,25 +104,6 @@ def _check_temperature(temperature: float, top_p: float) -> None:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}; use 1.0 to switch it off")
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-def warp_probabilities(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """Softmax of ``logits / temperature`` restricted to the top-p nucleus, renormalized.
-
-    Both models' logits go through the same warp: the output then follows the *warped*
-    target distribution, which is what plain sampling with these settings would produce.
-    """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return kept / kept.sum(-1, keepdim=True)
-
-
 @dataclass
 class StepOutcome:
     """What one verification decided, per row: how many drafts to keep and the token after them."""
@@ -168,17 +153,6 @@ def greedy_step(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Step
     num_accepted = matches.long().cumprod(dim=1).sum(dim=1)
     rows = torch.arange(draft_tokens.shape[0], device=draft_tokens.device)
     return StepOutcome(num_accepted, target_choice[rows, num_accepted])
-
-
-def emitted_tokens(draft_tokens: torch.Tensor, outcome: StepOutcome) -> list[list[int]]:
-    """The tokens a step emits per row: the accepted drafts, then the next token (if any)."""
-    rows = []
-    for row, n in enumerate(outcome.num_accepted.tolist()):
-        tokens = draft_tokens[row, :n].tolist()
-        if int(outcome.next_token[row]) >= 0:
-            tokens.append(int(outcome.next_token[row]))
-        rows.append(tokens)
-    return rows
 
 
 # --------------------------------------------------------------------------- results
@@ -274,22 +248,6 @@ class SpeculativeOutput:
 # --------------------------------------------------------------------------- KV-cached model state
 
 
-def _new_cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older signatures
-        return DynamicCache()
-
-
-def _crop(cache, length: int) -> None:
-    """Roll a DynamicCache back to ``length`` slots (a negative crop works in transformers 5.17 and 5.24)."""
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
-
-
 class _CachedModel:
     """One causal LM with its KV cache, a slot mask (1 = real token, 0 = hole) and per-row positions.
 
@@ -299,12 +257,12 @@ class _CachedModel:
 
     def __init__(self, model, batch_size: int, device):
         self.model = model
-        self.cache = _new_cache(model)
+        self.cache = new_dynamic_cache(model)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.calls = 0
         self.seconds = 0.0
-        self.cache_keyword = _cache_keyword(model)
+        self.cache_keyword = cache_keyword(model)
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Run the model on ``tokens`` (B, n) after the cache; returns logits (B, n, V)."""
@@ -325,7 +283,7 @@ class _CachedModel:
             **{self.cache_keyword: self.cache},
         )
         logits = out.logits
-        _synchronize(logits.device)
+        synchronize(logits.device)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return logits
@@ -343,19 +301,7 @@ class _CachedModel:
             used -= 1
         if used < self.mask.shape[1]:
             self.mask = self.mask[:, :used]
-            _crop(self.cache, used)
-
-
-def _cache_keyword(model) -> str:
-    """``cache`` in newer transformers (5.2x), ``past_key_values`` before (5.17)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            crop_cache(self.cache, used)
 
 
 def _as_batch(input_ids, attention_mask, pad_id: int, device):
@@ -583,7 +529,7 @@ class SpeculativeDecoder(_DecoderBase):
         for i in range(k):
             if i > 0:
                 logits = self._draft.feed(tokens[-1][:, None])
-            token, prob = _sample(logits[:, -1, : self.vocab_size], temperature, top_p, generator)
+            token, prob = sample_token(logits[:, -1, : self.vocab_size], temperature, top_p, generator)
             tokens.append(token)
             probs.append(prob)
         self._fed_this_round += k - 1
@@ -602,13 +548,6 @@ class SpeculativeDecoder(_DecoderBase):
 
     def _draft_stats(self):
         return self._draft.calls, self._draft.seconds
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator):
-    if temperature == 0:
-        return logits.argmax(-1), None
-    probs = warp_probabilities(logits, temperature, top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1), probs
 
 
 def _shared_vocabulary(target, draft, tokenizer) -> int | None:
@@ -733,7 +672,7 @@ def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int
     drafts, probs = [], []
     for _ in range(k):
         logits = caches["draft"].feed(token[:, None])[:, -1]
-        token, q = _sample(logits, temperature, top_p, g)
+        token, q = sample_token(logits, temperature, top_p, g)
         drafts.append(token)
         probs.append(q)
     drafts_t = torch.stack(drafts, dim=1)
@@ -741,28 +680,3 @@ def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int
     p = warp_probabilities(caches["target"].feed(torch.cat([last, drafts_t], dim=1)), temperature, top_p)
     outcome = rule(drafts_t, torch.stack(probs, dim=1), p, g)
     return torch.where(outcome.num_accepted > 0, drafts_t[:, 0], outcome.next_token)
-
-
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
-    """Pearson chi-square goodness of fit of ``counts`` to ``probs``; bins expected below ``min_expected`` are pooled.
-
-    Small p-values mean the samples did not come from ``probs``. Computed with the
-    regularized upper incomplete gamma function, so no SciPy is needed.
-    """
-    counts, probs = counts.double(), probs.double()
-    n = counts.sum()
-    expected = probs * n
-    small = expected < min_expected
-    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
-    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    if exp[-1] < min_expected and len(exp) > 1:  # pooled bin still too small: fold it into the smallest other bin
-        obs, exp = obs[:-1].clone(), exp[:-1].clone()
-        obs[exp.argmin()] += counts[small].sum()
-        exp[exp.argmin()] += expected[small].sum()
-    if bool((obs[exp == 0] > 0).any()):
-        return 0.0  # samples where the distribution puts no mass at all
-    keep = exp > 0
-    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
-    dof = max(int(keep.sum()) - 1, 1)
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                         torch.tensor(stat / 2, dtype=torch.float64)))

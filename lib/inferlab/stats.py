@@ -6,7 +6,10 @@ something, and "the same distribution" is a test with a p-value, not a look at t
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
+
+import torch
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -14,3 +17,38 @@ def percentile(values: Sequence[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(values, q))
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and the relative spread ``(max - min) / median`` of repeated measurements.
+
+    What a live timing should be printed with: one run alone says little on a shared machine.
+    """
+    med = statistics.median(values)
+    low, high = min(values), max(values)
+    return {"median": med, "min": low, "max": high, "relative_spread": (high - low) / med if med else float("nan")}
+
+
+def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
+    """Pearson chi-square goodness of fit of ``counts`` to ``probs``; bins expected below ``min_expected`` are pooled.
+
+    Small p-values mean the samples did not come from ``probs``. Computed with the
+    regularized upper incomplete gamma function, so no SciPy is needed.
+    """
+    counts, probs = counts.double(), probs.double()
+    n = counts.sum()
+    expected = probs * n
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    if exp[-1] < min_expected and len(exp) > 1:  # pooled bin still too small: fold it into the smallest other bin
+        obs, exp = obs[:-1].clone(), exp[:-1].clone()
+        obs[exp.argmin()] += counts[small].sum()
+        exp[exp.argmin()] += expected[small].sum()
+    if bool((obs[exp == 0] > 0).any()):
+        return 0.0  # samples where the distribution puts no mass at all
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    dof = max(int(keep.sum()) - 1, 1)
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))

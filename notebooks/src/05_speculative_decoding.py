@@ -41,13 +41,13 @@ from inferlab.naive import tutorial_speculative_step
 from inferlab.speculative import (
     PromptLookupDecoder,
     SpeculativeDecoder,
-    chi_square_pvalue,
     expected_speedup,
     expected_tokens_per_step,
     first_step_samples,
     plain_generate,
     target_next_token_probs,
 )
+from inferlab.stats import chi_square_pvalue
 from inferlab.viz.speculative import distribution_figure, provenance_text, show_provenance
 from inferlab.viz import setup_plotly
 
