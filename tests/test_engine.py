@@ -135,7 +135,7 @@ def test_stream_equals_generate_text():
 
 def test_incremental_detokenizer_waits_for_whole_characters():
     from inferlab.engine.llm import IncrementalDetokenizer
-    from inferlab.loading import load_model
+    from inferlab.hub import load_model
 
     _, tok = load_model("tiny", device="cpu")
     text = "héllo wörld ✓ 日本"

@@ -133,7 +133,7 @@ print(f"{new_tokens} tokens in {seconds * 1e3:.0f} ms = {new_tokens / seconds:.0
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from inferlab.loading import ModelNotFound
+from inferlab.hub import ModelNotFound
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 try:

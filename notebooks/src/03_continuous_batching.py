@@ -147,7 +147,7 @@ print("(p = prefill tokens, d = decode token; request ids are the prompt numbers
 # %%
 from inferlab.engine import LLMEngine
 from inferlab.viz.batching import latency_vs_rate, pool_usage, slot_gantt
-from inferlab.engine.workload import run_engine, static_decode_waste, synthetic_requests
+from inferlab.bench.workloads import run_engine, static_decode_waste, synthetic_requests
 
 
 def make_engine(policy: str, slots: int = BATCH_SLOTS, **kw) -> LLMEngine:
@@ -284,7 +284,7 @@ print(mixed[1].error)
 # %%
 import plotly.graph_objects as go
 
-from inferlab.engine.workload import Request
+from inferlab.bench.workloads import Request
 
 vocab = runner.config.vocab_size
 decoders = synthetic_requests(6, (8, 16), (48, 48), vocab, seed=3)
