@@ -5,12 +5,14 @@ lives in its own module:
 
 - ``inferlab.device``       device and dtype choice, synchronize and timing, ``env_report``
 - ``inferlab.hub``          ``load_model``: embedded, local, hub or random-weight models
-- ``inferlab.tiny``         the embedded default models and how they are trained
-- ``inferlab.kvcache``      KV-cache sizing
+- ``inferlab.configs``      published model configs, parameter counts, the GPU datasheet table
+- ``inferlab.kvcache``      KV-cache sizing; ``inferlab.roofline``: prefill vs decode bounds
 - ``inferlab.paging``       the paged KV block allocator (PagedAttention)
 - ``inferlab.engine``       continuous batching: ``LLM``, ``SamplingParams``
+- ``inferlab.sampling``     logits to tokens, for the engine and speculative decoding
 - ``inferlab.speculative``  speculative decoding
 - ``inferlab.bench``        honest benchmarks (``python -m inferlab.bench ...``)
+- ``inferlab.tools``        notebook tooling and the embedded models' trainer
 """
 
 from __future__ import annotations

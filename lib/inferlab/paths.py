@@ -45,8 +45,3 @@ def traces_dir() -> Path:
 def results_dir() -> Path:
     return data_dir() / "results"
 
-
-def repo_root() -> Path | None:
-    """The checkout's root when running from one (used for notebooks/ and build/)."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else None
