@@ -177,8 +177,8 @@ def test_tiny_model_with_paged_attention_gives_the_same_logits_and_tokens():
     il = pytest.importorskip("inferlab")
     from inferlab.attention import hf_paged_attention
 
-    model, tok = il.load_model("tiny")
-    ids = tok("def add(a, b):\n    return", return_tensors="pt").input_ids
+    model, tok = il.load_model("tiny", dtype="float32")
+    ids = tok("def add(a, b):\n    return", return_tensors="pt").input_ids.to(model.device)
     with torch.no_grad():
         ref = model(ids).logits
         greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
