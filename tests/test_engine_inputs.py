@@ -93,3 +93,26 @@ def test_seed_vllm_inference_counterpart_works():
         VLLMInference("tiny", tensor_parallel_size=2)
     with pytest.raises(ValueError, match="trust_remote_code"):
         LLM("tiny", trust_remote_code=True)
+
+
+@pytest.mark.parametrize(
+    "settings,name",
+    [({"block_size": 0}, "block_size"), ({"block_size": 2.5}, "block_size"), ({"num_kv_blocks": -1}, "num_kv_blocks"),
+     ({"max_num_seqs": 0}, "max_num_seqs"), ({"max_num_batched_tokens": True}, "max_num_batched_tokens"),
+     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"), ({"policy": "fifo"}, "policy"),
+     ({"attention_backend": "nope"}, "attention_backend")],
+)
+def test_bad_engine_settings_name_the_argument_before_loading(settings, name):
+    from inferlab.engine import EngineConfig
+
+    with pytest.raises(ValueError, match=name):
+        EngineConfig(**settings)
+    with pytest.raises(ValueError, match=name):  # a model that does not exist: the check comes first
+        LLM("no/such-model-anywhere", **settings)
+
+
+def test_unknown_engine_setting_is_a_clear_error():
+    from inferlab.engine import EngineConfig
+
+    with pytest.raises(TypeError, match="max_num_seq"):
+        EngineConfig.from_kwargs(max_num_seq=4)

@@ -108,3 +108,28 @@ def test_loads_a_saved_sharded_checkpoint(tmp_path):
     runner = ModelRunner(tmp_path, device="cpu", dtype=torch.float32, block_size=8, num_kv_blocks=8)
     ids = list(range(3, 40))
     assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4
+
+
+def test_reference_backend_matches_transformers_too():
+    """The backend is chosen once, at the runner; the reference one is exact as well."""
+    model = _random_model("llama")
+    runner = ModelRunner(model, device="cpu", dtype=torch.float32, block_size=8, num_kv_blocks=8,
+                         attention_backend="reference")
+    assert {m.backend for m in runner.model.modules() if hasattr(m, "backend")} == {"reference"}
+    ids = torch.randint(0, 300, (30,), generator=torch.Generator().manual_seed(2)).tolist()
+    assert (runner.reference_logits(ids) - _hf_logits(model, ids)).abs().max().item() <= 1e-4
+
+
+def test_loader_names_a_missing_tensor_and_uses_each_parameters_loader():
+    from inferlab.engine.loader import load_weights
+    from inferlab.engine.models.llama import LlamaForCausalLM
+
+    model = _random_model("llama", tie_word_embeddings=False)
+    ours = LlamaForCausalLM(ModelConfig.from_dict(model.config.to_dict()))
+    state = {k: v for k, v in model.state_dict().items() if k != "model.layers.1.mlp.down_proj.weight"}
+    with pytest.raises(KeyError, match=r"model\.layers\.1\.mlp\.down_proj\.weight"):
+        load_weights(ours, state.items())
+    load_weights(ours, model.state_dict().items())
+    qkv = ours.model.layers[0].self_attn.qkv_proj.weight
+    hf_attn = model.model.layers[0].self_attn
+    assert torch.equal(qkv, torch.cat([hf_attn.q_proj.weight, hf_attn.k_proj.weight, hf_attn.v_proj.weight]))
