@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import time
 
 from inferlab.paging import BlockAllocator
 
@@ -30,24 +29,28 @@ def _setup(num_seqs: int, block_size: int, prefix: bool, fork: bool, seed: int) 
     return a
 
 
+def _append_all(a: BlockAllocator, ids: list, steps: int) -> None:
+    for step in range(steps):
+        for seq_id in ids:
+            a.append(seq_id, step)
+
+
 def time_appends(num_seqs: int = 256, block_size: int = 16, prefix: bool = False, fork: bool = False,
                  steps: int = 16, repeats: int = 20, seed: int = 0) -> dict:
-    """Seconds for one ``append`` on each of ``num_seqs`` sequences (``steps`` steps in a row, per step)."""
+    """Seconds for one ``append`` on each of ``num_seqs`` sequences (``steps`` steps in a row, per step).
+
+    Each repeat times a freshly built allocator (:func:`inferlab.device.time_fn`, one call).
+    With ``fork`` only the first step is timed: it copies every shared block; later steps
+    write in place.
+    """
+    from inferlab.device import time_fn
+
+    timed_steps = 1 if fork else steps
     per_step = []
     for r in range(repeats):
         a = _setup(num_seqs, block_size, prefix, fork, seed + r)
         ids = list(a.seqs)
-        t0 = time.perf_counter()
-        for step in range(steps):
-            for seq_id in ids:
-                a.append(seq_id, step)
-        per_step.append((time.perf_counter() - t0) / steps)
-        if fork:  # the first step copies; later steps write in place: time the first alone
-            a = _setup(num_seqs, block_size, prefix, fork, seed + r)
-            t0 = time.perf_counter()
-            for seq_id in ids:
-                a.append(seq_id, 0)
-            per_step[-1] = time.perf_counter() - t0
+        per_step.append(time_fn(lambda: _append_all(a, ids, timed_steps), "cpu", repeats=1, warmup=0)[0] / timed_steps)  # noqa: B023
     return {
         "num_seqs": num_seqs, "block_size": block_size, "prefix_caching": prefix, "fork_cow": fork,
         "median_ms_per_step": 1e3 * statistics.median(per_step),
