@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferlab.configs import ModelShape, known_models, model_shape, param_count
+from inferlab.device import DTYPE_ALIASES
 from inferlab.hf_compat import cache_of
 
 # ---------------------------------------------------------------------------------------
@@ -84,14 +85,21 @@ KV_DTYPES: dict[str, KVDtype] = {
     "int8": KVDtype("int8", 8, group_size=None, scale_bytes=2),
     "int4": KVDtype("int4", 4, group_size=64, scale_bytes=4),
 }
-_DTYPE_ALIASES = {
-    "fp32": "float32", "float": "float32", "torch.float32": "float32",
-    "bf16": "bfloat16", "torch.bfloat16": "bfloat16",
-    "fp16": "float16", "half": "float16", "torch.float16": "float16",
+# Names of storage formats that are not torch dtypes (8- and 4-bit caches). Torch dtype
+# names and their aliases ("bf16", "half", torch.float16...) come from inferlab.device.
+_STORAGE_ALIASES = {
     "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "float8": "fp8", "e4m3": "fp8",
     "torch.float8_e4m3fn": "fp8", "torch.float8_e5m2": "fp8",
     "torch.int8": "int8", "q8": "int8", "q4": "int4",
 }
+
+
+def _storage_name(dtype: Any) -> str:
+    """The canonical name of a storage format: a torch dtype alias or a KV/weight-only format."""
+    key = str(dtype).lower()
+    key = _STORAGE_ALIASES.get(key, key)
+    return DTYPE_ALIASES.get(key.removeprefix("torch."), key)
+
 
 # Weight storage in bytes per parameter. int4 assumes GPTQ/AWQ-style groups of 128 with an
 # fp16 scale and an fp16 zero point per group: 4 + 32/128 = 4.25 bits per weight.
@@ -103,20 +111,18 @@ WEIGHT_BYTES: dict[str, float] = {
 
 def kv_dtype(dtype: Any) -> KVDtype:
     """Resolve ``"fp16"``, ``"bfloat16"``, ``torch.int8``... to a :class:`KVDtype`."""
-    key = str(dtype).lower()
-    key = _DTYPE_ALIASES.get(key, key)
+    key = _storage_name(dtype)
     if key not in KV_DTYPES:
         raise ValueError(
             f"unknown KV dtype {dtype!r}; accepted: {', '.join(KV_DTYPES)} "
-            f"(aliases: {', '.join(sorted(_DTYPE_ALIASES))})"
+            f"(aliases: {', '.join(sorted({*DTYPE_ALIASES, *_STORAGE_ALIASES} - set(KV_DTYPES)))})"
         )
     return KV_DTYPES[key]
 
 
 def weight_bytes_per_param(dtype: Any) -> float:
     """Bytes per stored weight for ``dtype`` (see :data:`WEIGHT_BYTES`)."""
-    key = str(dtype).lower()
-    key = _DTYPE_ALIASES.get(key, key)
+    key = _storage_name(dtype)
     if key not in WEIGHT_BYTES:
         raise ValueError(f"unknown weight dtype {dtype!r}; accepted: {', '.join(WEIGHT_BYTES)}")
     return WEIGHT_BYTES[key]
