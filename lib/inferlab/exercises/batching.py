@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from inferlab.bench.workloads import static_decode_waste
 from inferlab.exercises import Check, close_enough, verdict
+from inferlab.paging import cdiv
 
 
 def check_last_token_index(fn: Callable[[list[int], int], list[int]]) -> Check:
-    """Exercise 1: fix the seed batcher's read position.
+    """Exercise 1: fix the widely copied tutorial batcher's read position.
 
     ``fn(lengths, width)`` gets the true lengths of right-padded rows and the padded width,
     and must return, per row, the position whose logits predict that row's next token.
@@ -30,12 +32,7 @@ def check_last_token_index(fn: Callable[[list[int], int], list[int]]) -> Check:
 
 def check_static_waste(answer: float, output_lens: list[int], batch_size: int) -> Check:
     """Exercise 2: the fraction of decode slot-steps static batching wastes on finished rows."""
-    used = total = 0
-    for i in range(0, len(output_lens), batch_size):
-        batch = output_lens[i:i + batch_size]
-        used += sum(batch)
-        total += len(batch) * max(batch)
-    want = 1 - used / total
+    want = static_decode_waste(output_lens, batch_size)
     return verdict(close_enough(answer, want, rel=1e-2),
                    f"{want:.1%} of the decode slots compute tokens nobody reads: each batch runs as long as "
                    "its longest request, every row occupying its slot till then",
@@ -46,7 +43,7 @@ def check_static_waste(answer: float, output_lens: list[int], batch_size: int) -
 def check_min_kv_blocks(answer: int, prompt_len: int, max_tokens: int, block_size: int, max_model_len: int) -> Check:
     """Exercise 3: the smallest KV pool (in blocks) that can ever run this request alone."""
     tokens = min(prompt_len + max_tokens, max_model_len)
-    want = -(-tokens // block_size)
+    want = cdiv(tokens, block_size)
     return verdict(answer == want,
                    f"{want} blocks: every token the request can ever hold ({tokens}) needs a slot; "
                    "below that the engine rejects it up front instead of preempting it forever",

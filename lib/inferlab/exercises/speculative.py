@@ -30,7 +30,7 @@ def check_residual(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> 
         if got.shape == truth.shape and torch.allclose(got, truth, atol=1e-6):
             continue
         if got.shape == p.shape and torch.allclose(got, p, atol=1e-6):
-            return verdict(False, "", "that is p itself: the seed lesson's mistake. Tokens the draft proposes often "
+            return verdict(False, "", "that is p itself: the widely copied tutorial's mistake. Tokens the draft proposes often "
                            "were already accepted with probability min(1, p/q); which part of p is still missing?")
         if got.shape == truth.shape and torch.allclose(got, (p - q).clamp_min(0), atol=1e-6):
             return verdict(False, "", "right shape of the idea, but it does not sum to 1: normalize it.")
