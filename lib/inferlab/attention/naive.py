@@ -93,6 +93,6 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    if mask is not None:  # a row with no visible key is all -inf: softmax gives NaN, we give 0
+    if mask is not None and not bool(mask.any(-1).all()):  # a row with no visible key: NaN -> 0
         probs = probs.nan_to_num(0.0)
     return (probs @ v.to(work)).to(q.dtype)
