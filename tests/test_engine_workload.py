@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from inferlab.engine import LLMEngine, ModelRunner
-from inferlab.viz.batching import assign_slots, latency_vs_rate, pool_usage, slot_gantt
 from inferlab.bench.workloads import (
     NullTokenizer,
     run_engine,
     static_decode_waste,
     synthetic_requests,
 )
+from inferlab.engine import LLMEngine, ModelRunner
 from inferlab.exercises.batching import (
     check_last_token_index,
     check_min_kv_blocks,
     check_preemption_victim,
     check_static_waste,
 )
+from inferlab.viz.batching import assign_slots, latency_vs_rate, pool_usage, slot_gantt
 
 SMALL = {"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
