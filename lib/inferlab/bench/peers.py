@@ -8,45 +8,53 @@ an assistant model or prompt lookup (the speculative-decoding benchmark).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from inferlab.bench.workloads import Request, RunResult
-from inferlab.device import synchronize, time_fn
+from inferlab.device import time_fn
 
 
 @torch.inference_mode()
 def hf_generate_per_prompt(model, requests: list[Request]) -> RunResult:
     """transformers ``generate``, one request at a time (no batching at all)."""
     device = next(model.parameters()).device
-    tokens, t0 = 0, time.perf_counter()
-    for req in requests:
-        ids = torch.tensor([req.prompt_token_ids], device=device)
-        out = model.generate(ids, max_new_tokens=req.max_tokens, min_new_tokens=req.max_tokens,
-                             do_sample=False, pad_token_id=0)
-        tokens += out.shape[1] - ids.shape[1]
-    synchronize(device)
-    return RunResult("hf_generate_per_prompt", time.perf_counter() - t0, tokens)
+    tokens = []
+
+    def run() -> None:
+        for req in requests:
+            ids = torch.tensor([req.prompt_token_ids], device=device)
+            out = model.generate(ids, max_new_tokens=req.max_tokens, min_new_tokens=req.max_tokens,
+                                 do_sample=False, pad_token_id=0)
+            tokens.append(out.shape[1] - ids.shape[1])
+
+    (wall,) = time_fn(run, device, repeats=1, warmup=0)
+    return RunResult("hf_generate_per_prompt", wall, sum(tokens))
+
+
+def _left_padded(batch: list[Request], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r.prompt_token_ids) for r in batch)
+    ids = [[pad_token_id] * (width - len(r.prompt_token_ids)) + r.prompt_token_ids for r in batch]
+    mask = [[0] * (width - len(r.prompt_token_ids)) + [1] * len(r.prompt_token_ids) for r in batch]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
 @torch.inference_mode()
 def hf_generate_static(model, requests: list[Request], batch_size: int, pad_token_id: int = 0) -> RunResult:
     """Static batching: left-padded batches through ``generate``, each to its longest output."""
     device = next(model.parameters()).device
-    useful = padding = 0
-    t0 = time.perf_counter()
-    for i in range(0, len(requests), batch_size):
-        batch = requests[i:i + batch_size]
-        width, longest = max(len(r.prompt_token_ids) for r in batch), max(r.max_tokens for r in batch)
-        ids = torch.tensor([[pad_token_id] * (width - len(r.prompt_token_ids)) + r.prompt_token_ids for r in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(r.prompt_token_ids)) + [1] * len(r.prompt_token_ids) for r in batch], device=device)
-        model.generate(ids, attention_mask=mask, max_new_tokens=longest, min_new_tokens=longest,
-                       do_sample=False, pad_token_id=pad_token_id)
-        useful += sum(r.max_tokens for r in batch)
-        padding += len(batch) * longest - sum(r.max_tokens for r in batch)
-    synchronize(device)
-    return RunResult("hf_generate_static", time.perf_counter() - t0, useful, padding_tokens=padding)
+    batches = [requests[i:i + batch_size] for i in range(0, len(requests), batch_size)]
+
+    def run() -> None:
+        for batch in batches:
+            ids, mask = _left_padded(batch, pad_token_id, device)
+            longest = max(r.max_tokens for r in batch)
+            model.generate(ids, attention_mask=mask, max_new_tokens=longest, min_new_tokens=longest,
+                           do_sample=False, pad_token_id=pad_token_id)
+
+    (wall,) = time_fn(run, device, repeats=1, warmup=0)
+    useful = sum(r.max_tokens for r in requests)
+    padding = sum(len(b) * max(r.max_tokens for r in b) for b in batches) - useful
+    return RunResult("hf_generate_static", wall, useful, padding_tokens=padding)
 
 
 def hf_generate_batch1(model, prompt_len: int = 128, new_tokens: int = 64,
