@@ -223,3 +223,54 @@ def test_torch_flash_on_cuda_bf16(case):
     q, k, v = make_qkv(case, torch.bfloat16, device="cuda")
     ref = sdpa(q.double(), k.double(), v.double(), case[-1])
     assert_bf16_close(flash_attention(q, k, v, causal=case[-1]), ref)
+
+
+# ---- notebook 07's exercises and drawings ------------------------------------------------------
+
+
+def test_exercises_blank_is_not_answered_and_solutions_pass(capsys):
+    from inferlab.exercises import flash as ex
+
+    def blank(m_a, l_a, m_b, l_b):
+        raise NotImplementedError
+
+    namespace = {"math": math}
+    exec(ex.SOLUTIONS["merge"], namespace)
+    assert not ex.check_merge(blank) and "not answered" in capsys.readouterr().out
+    assert ex.check_merge(namespace["merge"])
+    assert not ex.check_merge(lambda m_a, l_a, m_b, l_b: (max(m_a, m_b), l_a + l_b))  # forgot to rescale
+    for name, check in (("score_bytes", ex.check_score_bytes), ("causal_tiles", ex.check_causal_tiles)):
+        assert not check(None) and "not answered" in capsys.readouterr().out
+        solved: dict = {}
+        exec(ex.SOLUTIONS[name], solved)
+        assert check(solved["answer"])
+        assert not check(solved["answer"] + 1)
+
+
+def test_causal_tiles_exercise_agrees_with_the_schedule():
+    from inferlab.exercises.flash import check_causal_tiles
+
+    assert check_causal_tiles(len(tile_schedule(4096, 4096, 128, 128, causal=True)))
+
+
+def test_tiling_drawing_marks_fast_memory_and_skipped_tiles():
+    from inferlab.viz.flash import DONE, IN_SRAM, NOW, SKIPPED, TODO, tile_states, tiling_animation
+
+    schedule = tile_schedule(64, 64, 16, 16, causal=True)  # 4 x 4 tiles, 10 computed
+    grid = tile_states(schedule, 64, 64, step=4)  # the 5th tile: query tile 2, key tile 1
+    assert (grid[1:, 1:] == SKIPPED).sum() == 6 and (grid[1:, 1:] == NOW).sum() == 1
+    assert (grid[1:, 1:] == DONE).sum() == 4 and (grid[1:, 1:] == TODO).sum() == 5
+    assert grid[3, 0] == IN_SRAM and grid[0, 2] == IN_SRAM and grid[3, 2] == NOW
+    assert len(tiling_animation(schedule, 64, 64).frames) == len(schedule)
+
+
+def test_bench_cli_smoke(tmp_path):
+    from inferlab.bench import attention
+
+    assert attention.main(["--quick", "--variants", "naive,sdpa-flash,ours-torch,ours-triton", "--out", str(tmp_path)]) == 0
+    payload = json.loads(next(tmp_path.glob("attention-*.json")).read_text())
+    rows = {(r["variant"], r["seq_len"]): r for r in payload["rows"]}
+    assert rows[("naive", 64)]["peak_bytes"] > rows[("ours-torch", 64)]["peak_bytes"] > 0
+    assert rows[("ours-torch", 64)]["max_abs_err"] < 1e-4
+    assert "unavailable" in rows[("ours-triton", 32)] or "tflops" in rows[("ours-triton", 32)]
+    assert {r["variant"] for r in attention.ratios(payload, "naive")} == {"sdpa-flash", "ours-torch"}

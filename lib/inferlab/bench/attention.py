@@ -286,6 +286,21 @@ def summarize(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ratios(payload: dict[str, Any], baseline: str = "naive", variants: list[str] | None = None) -> list[dict]:
+    """Speed-up (baseline time / time) and memory saving (baseline peak / peak) of each variant over
+    ``baseline``, at every length where both were measured."""
+    by = {(r["variant"], r["seq_len"]): r for r in payload["rows"] if "seconds_min" in r}
+    names = variants or [v for v in dict.fromkeys(r["variant"] for r in payload["rows"]) if v != baseline]
+    out = []
+    for name in names:
+        for (v, n), row in by.items():
+            base = by.get((baseline, n))
+            if v == name and base is not None:
+                out.append({"variant": name, "seq_len": n, "speedup": base["seconds_min"] / row["seconds_min"],
+                            "memory_saving": base["peak_bytes"] / max(row["peak_bytes"], 1)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inferlab.bench attention", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
