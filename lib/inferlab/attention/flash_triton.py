@@ -30,6 +30,7 @@ import os
 import torch
 
 from inferlab.attention.naive import causal_offset, check_shapes
+from inferlab.paging import cdiv
 
 try:  # optional: the kernel's body refers to ``tl`` as a module global, as Triton requires
     import triton.language as tl
@@ -135,8 +136,7 @@ def _launch_config(head_dim: int, dtype: torch.dtype, on_cuda: bool) -> dict:
     if not on_cuda:  # the interpreter: fewer, larger tiles mean fewer slow Python steps
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4}
     if dtype in (torch.float16, torch.bfloat16):
-        return {"BLOCK_M": 128, "BLOCK_N": 64 if head_dim > 64 else 128, "num_warps": 8 if head_dim > 64 else 4,
-                "num_stages": 3 if head_dim <= 128 else 2}
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8 if head_dim > 64 else 4, "num_stages": 3}
     if dtype == torch.float64:
         return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
     return {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
@@ -144,10 +144,12 @@ def _launch_config(head_dim: int, dtype: torch.dtype, on_cuda: bool) -> dict:
 
 def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool | str = False,
                            scale: float | None = None, block_m: int | None = None,
-                           block_n: int | None = None) -> torch.Tensor:
+                           block_n: int | None = None, num_warps: int | None = None,
+                           num_stages: int | None = None) -> torch.Tensor:
     """Exact attention, equal to SDPA's, computed by a tiled Triton kernel (forward only).
 
-    Same arguments as :func:`inferlab.attention.flash.flash_attention`. CUDA tensors run the
+    Same arguments as :func:`inferlab.attention.flash.flash_attention`, plus the launch's tile
+    sizes, warps and pipeline stages (defaults by head dim and dtype). CUDA tensors run the
     compiled kernel; CPU tensors run it in Triton's interpreter (slow, for tests and teaching),
     which must be switched on first (:func:`interpreting`).
     """
@@ -162,12 +164,13 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
                            "before triton is first imported")
     offset = causal_offset(causal, q_len, kv_len)
     cfg = _launch_config(d, q.dtype, on_cuda)
-    cfg["BLOCK_M"], cfg["BLOCK_N"] = block_m or cfg["BLOCK_M"], block_n or cfg["BLOCK_N"]
+    given = {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps, "num_stages": num_stages}
+    cfg.update({name: val for name, val in given.items() if val is not None})
     out = torch.empty_like(q)
     if q.numel() == 0 or kv_len == 0:
         return out.zero_()
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    grid = (triton_cdiv(q_len, cfg["BLOCK_M"]), b * h)
+    grid = (cdiv(q_len, cfg["BLOCK_M"]), b * h)
     _kernel()[grid](
         q, k, v, out, scale * LOG2E, q_len, kv_len, h, group, offset or 0,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
@@ -176,8 +179,3 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ca
         ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,
         UPCAST=not on_cuda and q.dtype == torch.bfloat16, **cfg)
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """Ceiling division (grid sizes)."""
-    return -(-a // b)

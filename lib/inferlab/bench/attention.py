@@ -39,10 +39,11 @@ class Unavailable(RuntimeError):
 def defaults(device: str) -> dict[str, Any]:
     """Sizes per device: seconds on a 2-core CPU, up to 32k tokens on an H200."""
     if device.startswith("cuda"):
-        return {"lengths": [512, 1024, 2048, 4096, 8192, 16384, 32768], "batch": 1, "heads": 32, "kv_heads": 8,
-                "head_dim": 64, "dtype": "bfloat16", "causal": True, "repeats": 10, "block": 1024,
+        return {"lengths": [1024, 2048, 4096, 8192, 16384, 32768], "batch": 1, "heads": 32, "kv_heads": 8,
+                "head_dim": 64, "dtype": "bfloat16", "causal": True, "repeats": 5, "block": 1024,
                 "variants": ["sdpa-flash", "ours-triton", "naive", "sdpa-math", "sdpa-efficient", "sdpa-cudnn",
-                             "ours-torch", "flex"], "budget_s": 40.0}
+                             "ours-torch", "flex"], "budget_s": 10.0, "triton_sweep_len": 8192,
+                "triton_configs": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 4)]}
     # One CPU thread: on a shared 2-core box (CI, Binder) threads waiting on each other make a
     # run 10-100x slower and its timings meaningless; 8 query heads keep a sweep to seconds.
     return {"lengths": [256, 512, 1024, 2048, 4096], "batch": 1, "heads": 8, "kv_heads": 2, "head_dim": 64,
@@ -122,11 +123,11 @@ def peak_extra_bytes(fn: Callable[[], Any], device: str) -> int:
     return int(peak)
 
 
-def time_call(fn: Callable[[], Any], device: str, repeats: int) -> tuple[list[float], str]:
+def time_call(fn: Callable[[], Any], device: str, repeats: int, graph: bool = True) -> tuple[list[float], str]:
     """Seconds per call: a CUDA-graph replay on CUDA (falls back to eager), :func:`time_fn` elsewhere."""
     from inferlab.device import time_fn
 
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and graph:
         try:
             return _time_cuda_graph(fn, repeats), "cuda graph"
         except Exception:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
@@ -194,6 +195,8 @@ def _first_call(name: str, fn: Callable, q, k, v):
 def measure_one(name: str, opts: dict[str, Any], length: int, device: str, reference=None) -> dict[str, Any]:
     """One variant at one length: peak extra memory, times, TFLOP/s, and its error against ``reference``."""
     row: dict[str, Any] = {"variant": name, "seq_len": length}
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # what an earlier variant left cached (or an out-of-memory) must not count
     q, k, v = _inputs(opts, length, device)
     try:
         fn = make_variant(name, opts, length, device)
@@ -201,7 +204,9 @@ def measure_one(name: str, opts: dict[str, Any], length: int, device: str, refer
         row["max_abs_err"] = None if reference is None else float((out.float() - reference.float()).abs().max())
         del out
         row["peak_bytes"] = peak_extra_bytes(lambda: fn(q, k, v), device)
-        seconds, row["timing"] = time_call(lambda: fn(q, k, v), device, opts["repeats"])
+        # a graph keeps its own copy of the workspace: no graph for calls that fill a third of the GPU
+        graph = device.startswith("cuda") and row["peak_bytes"] < torch.cuda.mem_get_info()[1] / 3
+        seconds, row["timing"] = time_call(lambda: fn(q, k, v), device, opts["repeats"], graph)
     except Unavailable as err:
         return {**row, "unavailable": str(err)}
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
@@ -211,6 +216,27 @@ def measure_one(name: str, opts: dict[str, Any], length: int, device: str, refer
     flops = attention_flops(opts["batch"], opts["heads"], length, length, opts["head_dim"], opts["causal"])
     best = min(seconds)
     return {**row, "seconds": seconds, "seconds_min": best, "tflops": flops / best / 1e12, "flops": flops}
+
+
+def triton_config_sweep(opts: dict[str, Any], length: int, device: str, configs: list[tuple[int, ...]]) -> list[dict]:
+    """TFLOP/s of the Triton kernel at one length for a few (BLOCK_M, BLOCK_N, warps, stages) launches."""
+    from inferlab.attention.flash_triton import flash_attention_triton
+
+    q, k, v = _inputs(opts, length, device)
+    flops = attention_flops(opts["batch"], opts["heads"], length, length, opts["head_dim"], opts["causal"])
+    out = []
+    for bm, bn, warps, stages in configs:
+        def call(bm=bm, bn=bn, warps=warps, stages=stages):
+            return flash_attention_triton(q, k, v, causal=opts["causal"], block_m=bm, block_n=bn,
+                                          num_warps=warps, num_stages=stages)
+        row = {"seq_len": length, "block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages}
+        try:
+            call()
+            seconds, _ = time_call(call, device, opts["repeats"])
+            out.append({**row, "seconds_min": min(seconds), "tflops": flops / min(seconds) / 1e12})
+        except Exception as err:  # noqa: BLE001 - a launch that does not fit (registers, shared memory)
+            out.append({**row, "error": f"{type(err).__name__}: {str(err)[:200]}"})
+    return out
 
 
 def _reference(opts: dict[str, Any], length: int, device: str):
@@ -243,6 +269,12 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
 def _sweep(device: str, opts: dict[str, Any], say, checkpoint) -> dict[str, Any]:
     payload: dict[str, Any] = {"device": device, "options": opts, "rows": [],
                                "cpu_threads": torch.get_num_threads()}
+    if opts.get("triton_configs") and device.startswith("cuda") and "ours-triton" in opts["variants"]:
+        payload["triton_configs"] = triton_config_sweep(opts, opts["triton_sweep_len"], device,
+                                                        opts["triton_configs"])
+        for row in payload["triton_configs"]:
+            say(f"triton {row['block_m']}x{row['block_n']} w{row['num_warps']} s{row['num_stages']}: "
+                + (f"{row['tflops']:.1f} TFLOP/s" if "tflops" in row else row["error"]))
     refs = {}
     for name in opts["variants"]:
         started = time.perf_counter()
@@ -315,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from inferlab.bench import save_result
 
-    quick = {"lengths": [32, 64], "heads": 4, "kv_heads": 2, "head_dim": 32, "repeats": 2, "block": 16} if args.quick else {}
+    quick = {"lengths": [32, 64], "heads": 4, "kv_heads": 2, "head_dim": 32, "repeats": 2, "block": 16,
+             "triton_configs": []} if args.quick else {}
     given = {"lengths": args.lengths, "variants": args.variants, "dtype": args.dtype, "repeats": args.repeats,
              "budget_s": args.budget_s}
 

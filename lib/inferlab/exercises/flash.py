@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable
 
 from inferlab.exercises import Check, verdict
+from inferlab.paging import cdiv
 
 SOLUTIONS = {
     "merge": '''def merge(m_a, l_a, m_b, l_b):
@@ -71,7 +72,7 @@ def check_causal_tiles(answer: int | None, seq_len: int = 4096, block: int = 128
     """How many ``block × block`` score tiles does causal FlashAttention compute at ``seq_len`` tokens?"""
     if answer is None:
         return not_answered("draw the tiles; which ones lie wholly above the diagonal?")
-    n = -(-seq_len // block)
+    n = cdiv(seq_len, block)
     truth = n * (n + 1) // 2
     return verdict(int(answer) == truth, f"{truth} of {n * n} tiles ({truth / (n * n):.0%}): the lower triangle, "
                    f"with only the {n} diagonal tiles needing a mask.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferlab.paging import cdiv
 from inferlab.viz import PALETTE
 
 __all__ = ["memory_time_figure", "memory_time_static", "speedup_static", "tiling_animation", "tiling_static"]
@@ -26,7 +27,7 @@ VARIANT_COLORS = {"naive": PALETTE[3], "sdpa-math": PALETTE[1], "sdpa-flash": PA
 def _n_tiles(schedule, q_len: int, kv_len: int) -> tuple[int, int, int, int]:
     bq = schedule[0].q_end - schedule[0].q_start if schedule else q_len
     bk = schedule[0].k_end - schedule[0].k_start if schedule else kv_len
-    return -(-q_len // bq), -(-kv_len // bk), bq, bk
+    return cdiv(q_len, bq), cdiv(kv_len, bk), bq, bk
 
 
 def tile_states(schedule, q_len: int, kv_len: int, step: int):
