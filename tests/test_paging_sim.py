@@ -94,8 +94,10 @@ def test_prefix_sharing_saves_the_system_prompt():
 
 
 def test_cli_report(capsys):
+    from inferlab.bench.__main__ import available
     from inferlab.bench.paging import main
 
+    assert "paging" in available() and "workloads" not in available()  # `python -m inferlab.bench paging`
     assert main(["--num-requests", "60", "--memory-tokens", "8192"]) == 0
     out = capsys.readouterr().out
     assert "token states (paper)" in out and "20.4%" in out and "§6.3 beam" in out
