@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 import torch
 
-from inferlab.attention.naive import causal_offset, check_shapes
+from inferlab.attention.naive import causal_offset, check_shapes, visible_keys
 
-__all__ = ["Tile", "flash_attention", "kv_tiles", "online_softmax_steps", "tile_schedule"]
+__all__ = ["Tile", "attend", "flash_attention", "kv_tiles", "online_softmax_steps", "tile_schedule"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,33 @@ def online_softmax_steps(scores, block: int = 2) -> list[dict]:
         steps.append({"values": chunk, "m_old": m, "m_new": m_new, "rescale": rescale, "l": total})
         m = m_new
     return steps
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta, k_cache: torch.Tensor,
+           v_cache: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The engine's ``"flash"`` backend (signature of :func:`inferlab.attention.sdpa.attend`).
+
+    Prefill chunks, the square that FlashAttention removes, go through the tiled kernel: the
+    Triton one on CUDA when triton is installed, this module's loop elsewhere; a chunk over
+    earlier context uses the bottom-right causal alignment (its queries are the context's last
+    tokens). Decode rows, one query each, have no square to save and go through the SDPA backend.
+    """
+    from dataclasses import replace
+
+    from inferlab.attention import sdpa
+    from inferlab.attention.flash_triton import flash_attention_triton, triton_available
+
+    kernel = flash_attention_triton if q.is_cuda and triton_available() else flash_attention
+    out = sdpa.attend(q, k, v, replace(meta, prefills=[]), k_cache, v_cache, scale)
+    k_flat, v_flat = k_cache.view(-1, *k_cache.shape[2:]), v_cache.view(-1, *v_cache.shape[2:])
+    for start, end, slots, mask in meta.prefills:
+        qs = q[start:end].transpose(0, 1)[None]  # [1, heads, n, d]
+        if slots is None:  # the chunk is its own context
+            ks, vs, causal = k[start:end], v[start:end], True
+        else:
+            ks, vs, causal = k_flat[slots], v_flat[slots], "bottom_right"
+            if not torch.equal(mask, visible_keys(end - start, len(slots), causal, device=mask.device)):
+                raise ValueError("the flash backend expects each prefill chunk at the end of its context")
+        o = kernel(qs, ks.transpose(0, 1)[None], vs.transpose(0, 1)[None], causal=causal, scale=scale)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
