@@ -107,7 +107,7 @@ def test_exact_rule_acceptance_matches_overlap():
 
 
 def test_seed_rule_is_biased():
-    """The seed lesson's rule (wrong on purpose) does not produce the target's first-token distribution."""
+    """The widely copied tutorial's rule (wrong on purpose) does not produce the target's first-token distribution."""
     p, _, drafts, outcome = _simulate(tutorial_speculative_step)
     first = torch.where(outcome.num_accepted > 0, drafts[:, 0], outcome.next_token)
     assert chi_square_pvalue(torch.bincount(first, minlength=V).double(), p[0].double()) < 1e-12
@@ -122,7 +122,7 @@ def test_seed_rule_is_biased_even_at_k1():
     first = torch.where(outcome.num_accepted > 0, drafts[:, 0], outcome.next_token)
     counts = torch.bincount(first, minlength=V).double()
     beta = torch.minimum(p[0], q[0]).sum()
-    predicted = torch.minimum(p[0], q[0]) + (1 - beta) * p[0]  # what the seed's rule produces
+    predicted = torch.minimum(p[0], q[0]) + (1 - beta) * p[0]  # what the tutorial's rule produces
     assert chi_square_pvalue(counts, predicted.double()) > 1e-4
     assert chi_square_pvalue(counts, p[0].double()) < 1e-12
 

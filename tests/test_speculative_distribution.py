@@ -1,4 +1,4 @@
-"""Sampling on the real tiny pair: the first tokens follow the target's distribution; the seed's rule does not.
+"""Sampling on the real tiny pair: the first tokens follow the target's distribution; the widely copied tutorial's rule does not.
 
 Fixed seeds make these deterministic; p-value thresholds (> 1e-4 same, < 1e-8 different)
 make a false verdict very unlikely for any seed. top_p keeps the support small enough for
