@@ -21,6 +21,9 @@ causal (a prefill); bfloat16 on CUDA, float32 on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +102,20 @@ def make_variant(name: str, opts: dict[str, Any], q_len: int, device: str) -> Ca
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Recent profilers log two lines per use straight to the process's stderr (fd 2): noise here."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def peak_extra_bytes(fn: Callable[[], Any], device: str) -> int:
     """The most memory one call of ``fn`` holds at once beyond what existed before it (workspace + output)."""
     if device.startswith("cuda"):
@@ -112,7 +129,7 @@ def peak_extra_bytes(fn: Callable[[], Any], device: str) -> int:
         return int(peak)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

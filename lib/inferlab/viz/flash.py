@@ -157,9 +157,10 @@ def memory_time_static(payload: dict[str, Any], title: str):
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
 
 
@@ -183,7 +184,8 @@ def speedup_static(ratios: list[dict[str, Any]], title: str):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(lengths))], [str(n) for n in lengths])
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
