@@ -274,13 +274,19 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
 
     device = pick_device(device)
     opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
-    before = torch.get_num_threads()
-    if opts.get("threads"):
-        torch.set_num_threads(int(opts["threads"]))
-    try:
+    with cpu_threads(opts.get("threads")):
         return _sweep(device, opts, print if progress else (lambda *a, **k: None), checkpoint)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (unchanged when ``n`` is None), then restore them."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(n) if n else saved)
+    try:
+        yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(saved)
 
 
 def _sweep(device: str, opts: dict[str, Any], say, checkpoint) -> dict[str, Any]:
