@@ -274,3 +274,28 @@ def test_bench_cli_smoke(tmp_path):
     assert rows[("ours-torch", 64)]["max_abs_err"] < 1e-4
     assert "unavailable" in rows[("ours-triton", 32)] or "tflops" in rows[("ours-triton", 32)]
     assert {r["variant"] for r in attention.ratios(payload, "naive")} == {"sdpa-flash", "ours-torch"}
+
+
+def test_flash_engine_backend_equals_sdpa_backend():
+    """``attention.flash.attend`` (prefill through the tiled kernel) on a step mixing a decode, a first
+    prefill and a later chunk over cached context gives the SDPA backend's output."""
+    from inferlab.attention import Attention
+    from inferlab.attention import flash as flash_module
+    from inferlab.engine.model_runner import ChunkInput, build_metadata
+
+    block, heads, kv_heads, dim = 4, 8, 2, 16
+    chunks = [ChunkInput(token_ids=[0], start=9, block_table=[0, 1, 2]),
+              ChunkInput(token_ids=[0] * 7, start=0, block_table=[3, 4]),
+              ChunkInput(token_ids=[0] * 5, start=6, block_table=[5, 6, 7])]
+    g = torch.Generator().manual_seed(0)
+    cache = [torch.randn(8, block, kv_heads, dim, generator=g) for _ in range(2)]
+    q, k, v = (torch.randn(13, h, dim, generator=g) for h in (heads, kv_heads, kv_heads))
+    meta = build_metadata(chunks, block, "cpu")
+    outs = []
+    for attend in (None, flash_module.attend):
+        layer = Attention(heads, kv_heads, dim, backend="sdpa")
+        if attend is not None:
+            layer.attend = attend
+        layer.k_cache, layer.v_cache = cache[0].clone(), cache[1].clone()
+        outs.append(layer(q, k, v, meta))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)

@@ -71,11 +71,11 @@ for length in (1024, 8192, 32768, 131072):
     print(f"L = {length:>6}: scores {scores / 2**30:10.2f} GiB   Q, K, V and O {qkv_out / 2**30:6.3f} GiB")
 
 # %% [markdown]
-# At 32k tokens one layer's score matrix would not fit next to anything else on a 141 GB H200.
-# And size is only half of it. A GPU has a small, fast memory inside each streaming
-# multiprocessor (registers and shared memory, a couple of hundred KB per SM) and a large, slower
-# one (HBM). Dao et al. 2022 (Fig. 1) quote an A100's 40 GB of HBM at 1.5 TB/s against 192 KB of
-# on-chip SRAM per SM (×108 SMs) at about 19 TB/s. Softmax and masking do a few operations per
+# At 32k tokens one layer's score matrix would not fit next to anything else on an H200 (141 GB
+# by NVIDIA's datasheet). And size is only half of it. A GPU has a small, fast memory inside each
+# streaming multiprocessor, its registers and shared memory, and a large, slower one, its HBM.
+# Dao et al. 2022 (§2.1) give an A100's numbers: 40–80 GB of HBM at 1.5–2.0 TB/s against 192 KB
+# of on-chip SRAM in each of 108 SMs at about 19 TB/s. Softmax and masking do a few operations per
 # score, so when every score makes a round trip through HBM, attention is bound by memory
 # traffic, not arithmetic.
 #
@@ -144,8 +144,8 @@ print("tiles computed:", len(tile_schedule(300, 300, 64, 64, causal=True)), "of"
 #
 # **Which causal?** When there are fewer queries than keys (decoding, or a prompt processed in
 # chunks over a KV cache), "causal" can align the diagonal two ways. SDPA's `is_causal=True`
-# aligns it top-left; FlashAttention (from version 2.1) and every KV-cache step align it
-# bottom-right, so the last query sees the last key. Our functions take `causal=True`
+# aligns it top-left; the flash-attn package (from version 2.1, by its README) and every KV-cache
+# step align it bottom-right, so the last query sees the last key. Our functions take `causal=True`
 # (= `"top_left"`, SDPA's) or `causal="bottom_right"`:
 
 # %%
@@ -287,9 +287,9 @@ if recorded is not None:
 # ## 7. Myth vs measured: "2-4x faster attention, less memory"
 #
 # That is all the widely copied tutorial says about FlashAttention. The published figures are
-# per workload: Dao et al. 2022 report training speed-ups of 15% on BERT-large (length 512),
-# 3× on GPT-2 (length 1k) and 2.4× on long-range arena (1k–4k); Dao 2023 reports about 2× over
-# the first FlashAttention, at 50–73% of an A100's peak. What do our measurements say, for
+# per workload: Dao et al. 2022 (abstract) report training speed-ups of 15% on BERT-large (length
+# 512), 3× on GPT-2 (length 1k) and 2.4× on long-range arena (1k–4k); Dao 2023 (abstract) reports
+# about 2× over the first FlashAttention, at 50–73% of an A100's peak. What do our measurements say, for
 # attention alone? The table is generated from the recorded run and the live one.
 
 # %%

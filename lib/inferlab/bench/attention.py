@@ -15,7 +15,7 @@ Throughput counts ``4 · batch · heads · q_len · kv_len · head_dim`` FLOPs, 
 causal attention (only visible pairs), as FlashAttention's papers do.
 
 The shape is one layer of Llama-3.2-1B: 32 query heads, 8 KV heads, head dim 64, batch 1,
-causal (a prefill); bfloat16 on CUDA, float32 on the CPU.
+causal (a prefill); bfloat16 on CUDA (float16 where a GPU lacks it), float32 on the CPU.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ class Unavailable(RuntimeError):
 
 def defaults(device: str) -> dict[str, Any]:
     """Sizes per device: seconds on a 2-core CPU, up to 32k tokens on an H200."""
-    if device.startswith("cuda"):
+    from inferlab.device import dtype_name, torch_dtype
+
+    if device.startswith("cuda"):  # bfloat16 where the GPU has it, float16 on older ones (a T4)
         return {"lengths": [1024, 2048, 4096, 8192, 16384, 32768], "batch": 1, "heads": 32, "kv_heads": 8,
-                "head_dim": 64, "dtype": "bfloat16", "causal": True, "repeats": 5, "block": 1024,
+                "head_dim": 64, "dtype": dtype_name(torch_dtype(None, device)), "causal": True, "repeats": 5, "block": 1024,
                 "variants": ["sdpa-flash", "ours-triton", "naive", "sdpa-math", "sdpa-efficient", "sdpa-cudnn",
                              "ours-torch", "flex"], "budget_s": 10.0, "triton_sweep_len": 8192,
                 "triton_configs": [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 4)]}
