@@ -23,15 +23,16 @@
 # %% tags=["parameters"]
 import os
 
+MODEL = os.environ.get("INFERLAB_MODEL", "tiny")  # whose attention layer is measured: heads, KV heads, head dim
 DEVICE = os.environ.get("INFERLAB_DEVICE") or None  # None: cuda, then mps, then cpu
 LENGTHS = [256, 512, 1024, 2048]  # sequence lengths of the live sweep
-HEADS, KV_HEADS, HEAD_DIM = 8, 2, 64  # one attention layer, grouped-query like Llama
 BLOCK = 64  # tile size of the drawings
 
 import torch  # noqa: E402
 
-if torch.cuda.is_available():  # a GPU: the shape of one Llama-3.2-1B layer, to 8k tokens
-    LENGTHS, HEADS, KV_HEADS = [1024, 2048, 4096, 8192], 32, 8
+if torch.cuda.is_available():  # a GPU: one Llama-3.2-1B layer, to 8k tokens
+    LENGTHS = [1024, 2048, 4096, 8192]
+    MODEL = "llama-3.2-1b" if MODEL == "tiny" else MODEL
 
 # %%
 import math
@@ -42,13 +43,17 @@ from inferlab.attention.flash import flash_attention, online_softmax_steps, tile
 from inferlab.attention.naive import naive_attention, visible_keys
 from inferlab.bench import attention as bench
 from inferlab.bench import load_result
+from inferlab.configs import model_shape
 from inferlab.device import pick_device
 from inferlab.viz import setup_plotly
 from inferlab.viz.flash import memory_time_figure, memory_time_static, speedup_static, tiling_animation, tiling_static
 
 setup_plotly()
 DEVICE = pick_device(DEVICE)
-print("device:", DEVICE, "| torch", torch.__version__)
+shape = model_shape(MODEL)  # a name in data/configs or an embedded model: no download
+HEADS, KV_HEADS, HEAD_DIM = shape.n_heads, shape.n_kv_heads, shape.head_dim
+print(f"device: {DEVICE} | torch {torch.__version__} | {MODEL}'s attention: {HEADS} query heads, "
+      f"{KV_HEADS} KV heads, head dim {HEAD_DIM}")
 
 # %% [markdown]
 # ## 1. Intuition: attention's memory is a square
@@ -175,7 +180,7 @@ fig = tiling_static(schedule, 512, 512)  # the static twin, for viewers without 
 
 # %%
 # NBVAL_CHECK_OUTPUT
-d, b = HEAD_DIM, BLOCK
+d, b = 64, BLOCK
 parts = {"Q tile": b * d * 2, "K tile": b * d * 2, "V tile": b * d * 2, "scores tile (float32)": b * b * 4,
          "m and l (float32)": 2 * b * 4, "acc (float32)": b * d * 4}
 for part, nbytes in parts.items():
@@ -215,7 +220,7 @@ for row in live["rows"]:
     print(bench.format_row(row))
 
 # %%
-memory_time_figure(live, f"Live on {DEVICE}: one attention layer ({HEADS} heads, causal)").show()
+memory_time_figure(live, f"Live on {DEVICE}: one attention layer of {MODEL}, causal").show()
 
 # %%
 fig = memory_time_static(live, f"Live on {DEVICE} (static)")
