@@ -142,12 +142,20 @@ def find_linears(model: nn.Module, skip=("lm_head",)) -> dict[str, nn.Linear]:
 
 
 def swap_modules(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
-    """Put each replacement where the named module was (all names resolved before any change)."""
+    """Put each replacement where the named module was (all names resolved before any change).
+
+    Plain attributes the model reads off a layer (the engine's fused ``qkv_proj.output_sizes``)
+    are carried over to the replacement.
+    """
     slots = []
     for name in replacements:
         parent_name, _, child = name.rpartition(".")
         slots.append((model.get_submodule(parent_name) if parent_name else model, child))
     for (parent, child), new in zip(slots, replacements.values(), strict=True):
+        old = getattr(parent, child)
+        for key, value in vars(old).items():
+            if not key.startswith("_") and key not in vars(new) and isinstance(value, (int, float, str, list, tuple)):
+                setattr(new, key, value)
         setattr(parent, child, new)
 
 
