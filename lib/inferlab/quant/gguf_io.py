@@ -10,6 +10,7 @@ one fp16 scale (8.5 bits per weight); Q4_0 as 16 bytes of 4-bit codes and one fp
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,6 @@ def load_gguf(path, device: str | None = None, dtype=None):
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch_dtype(dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except (ValueError, OSError, EOFError, KeyError, IndexError) as err:
+    except (ValueError, OSError, EOFError, KeyError, IndexError, struct.error) as err:
         raise ValueError(f"{path} is not a readable GGUF file (corrupt or truncated?): {err}") from err
     return model.to(device).eval(), tokenizer
