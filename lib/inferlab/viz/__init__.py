@@ -4,6 +4,7 @@
 - :mod:`inferlab.viz.paging`       notebook 02: memory maps, Fig. 2 breakdown, block tables, sharing
 - :mod:`inferlab.viz.batching`     notebook 03: engine step traces (slot Gantt, pool usage), latency vs rate
 - :mod:`inferlab.viz.speculative`  notebook 05: token provenance, first-token distributions
+- :mod:`inferlab.viz.flash`        notebook 07: FlashAttention tiling, memory and time vs length
 
 Every drawing function takes results computed elsewhere (the technique module, a benchmark
 or the notebook) and returns a figure or text; none of them runs a model or a simulation.
