@@ -239,7 +239,7 @@ for name in variants:
     growth = [by[(name, n2)]["peak_bytes"] / by[(name, n)]["peak_bytes"] for n, n2 in pairs]
     spread = max((max(r["seconds"]) - min(r["seconds"])) / min(r["seconds"]) for (v, _), r in by.items() if v == name)
     print(f"{name:>12}: memory x{', x'.join(f'{g:.2f}' for g in growth)} per doubling; "
-          f"largest timing spread {spread:.0%}")
+          f"largest timing spread {spread:.0%}" + ("  <- too noisy to compare times closely" if spread > 0.5 else ""))
 
 # %% [markdown]
 # ## 6. Recorded on an H200
