@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Quantization on the lent H200 (issue 15, notebook 06). Carry the wheels: carry=[".whl/quant"]
+# (bitsandbytes 0.50.2, accelerate, gguf, psutil, pyyaml: ~43 MB; the machine has no network).
+# 1. correctness on CUDA: the Triton int8/int4 dequantize-matmul against the reference, the graphable
+#    decode step against the engine, the quantize swap on the tiny model (~40 s);
+# 2. `python -m inferlab.bench quant`: CUDA-graphed decode of Llama-3-8B- and Llama-3.2-1B-shaped
+#    engine models (random bf16 weights) at batch 1 and 32 in bf16, our int8 and int4, bitsandbytes
+#    NF4 and LLM.int8(); then the quality table on the tiny model (bytes, perplexity, generate tok/s).
+# Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 4 minutes.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/quant/*.whl 2>&1 | tail -2
+export PYTHONPATH=$PWD/lib:/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import sys, torch, triton, transformers, bitsandbytes as b; print(sys.version.split()[0], torch.__version__, triton.__version__, transformers.__version__, 'bnb', b.__version__)" | tee -a "$OUT/gpu.txt"
+start=$(date +%s)
+timeout 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_quant_bench.py -k "cuda or static_decoder" 2>&1 | tail -5 | tee "$OUT/checks.log"
+echo "checks: $(( $(date +%s) - start )) s" | tee -a "$OUT/checks.log"
+timeout 170 python3 -m inferlab.bench quant --device cuda --no-quality --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/decode.log"
+echo "decode: $(( $(date +%s) - start )) s"
+cp "$OUT/quant-h200.json" "$OUT/quant-h200-decode.json" 2>/dev/null
+timeout 50 python3 -m inferlab.bench quant --device cuda --shapes "" --quick --methods full,int8,int4,nf4,bnb-int8,bnb-nf4 --out "$OUT/quality" 2>&1 | grep -v Warning | tee "$OUT/quality.log"
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+main = json.loads((out / "quant-h200-decode.json").read_text()) if (out / "quant-h200-decode.json").is_file() else {"decode": []}
+q = out / "quality" / "quant-h200.json"
+if q.is_file():
+    main["quality"] = json.loads(q.read_text())["quality"]
+(out / "quant-h200.json").write_text(json.dumps(main, indent=2))
+for r in main["decode"]:
+    print(f"{r['shape']:14s} {r['variant']:9s} b={r.get('batch', '-')!s:3s} {r.get('tok_s', 0):9.1f} tok/s  {r.get('weight_bytes', 0) / 1e9:6.2f} GB  {r.get('error', '')}")
+PY
+rm -rf "$OUT/quality" "$OUT/quant-h200-decode.json"
+echo "total: $(( $(date +%s) - start )) s"
+ls -la "$OUT"
