@@ -26,7 +26,8 @@ class EngineConfig:
     ``enable_prefix_caching`` reuses the KV of shared prompt prefixes; ``policy="static"``
     is classic static batching, for comparison. ``attention_backend`` picks the attention
     implementation once (:data:`inferlab.attention.backends.BACKENDS`). ``seed`` seeds the
-    random weights when the model is given as a bare config.
+    random weights when the model is given as a bare config. ``tensor_parallel_size``: shard
+    the model over that many processes (:mod:`inferlab.tp`, :mod:`inferlab.engine.distributed`).
     """
 
     device: str | None = None
@@ -43,11 +44,12 @@ class EngineConfig:
     record_trace: bool = True
     trust_remote_code: bool = False
     seed: int = 0
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.trust_remote_code:
             raise ValueError("trust_remote_code=True is not supported: the engine runs its own model code")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
             _check_positive_int(name, getattr(self, name))
         if self.num_kv_blocks is not None:
             _check_positive_int("num_kv_blocks", self.num_kv_blocks)
