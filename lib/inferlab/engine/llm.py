@@ -34,7 +34,12 @@ def build_engine(model: Any = "tiny", tokenizer: Any = None, config: EngineConfi
     config = EngineConfig.from_kwargs(config, **settings)
     if not isinstance(model, (str, Path)) and tokenizer is None:
         raise ValueError("tokenizer is required when model is a loaded model object")
-    runner = ModelRunner(model, config)
+    if config.tensor_parallel_size > 1:  # rank 0 here, workers in their own processes
+        from inferlab.engine.distributed import start_tensor_parallel
+
+        runner = start_tensor_parallel(model, config)
+    else:
+        runner = ModelRunner(model, config)
     if tokenizer is None:
         from inferlab.hub import load_tokenizer
 

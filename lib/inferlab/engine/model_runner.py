@@ -111,9 +111,13 @@ class ModelRunner:
         self.block_size = config.block_size
         self.num_blocks = config.num_kv_blocks or default_num_blocks(
             self.config, self.dtype, self.block_size, self.device,
-            max_num_seqs=config.max_num_seqs, gpu_memory_utilization=config.gpu_memory_utilization)
+            max_num_seqs=config.max_num_seqs, gpu_memory_utilization=config.gpu_memory_utilization,
+            tp_size=config.tensor_parallel_size)
         c = self.config
-        self.kv_cache = PagedKVCache(c.num_layers, self.num_blocks, self.block_size, c.num_kv_heads, c.head_dim,
+        from inferlab.kvcache import kv_heads_per_gpu  # KV heads this rank keeps (all of them unless TP)
+
+        kv_heads = kv_heads_per_gpu(c, config.tensor_parallel_size)
+        self.kv_cache = PagedKVCache(c.num_layers, self.num_blocks, self.block_size, kv_heads, c.head_dim,
                                      self.dtype, self.device)
         attention = [m for m in self.model.modules() if isinstance(m, Attention)]
         for layer, attn in enumerate(attention):
@@ -139,7 +143,7 @@ class ModelRunner:
     def kv_bytes_per_block(self) -> int:
         from inferlab.kvcache import kv_bytes_per_block
 
-        return kv_bytes_per_block(self.config, self.dtype, self.block_size)
+        return kv_bytes_per_block(self.config, self.dtype, self.block_size, self.engine_config.tensor_parallel_size)
 
     # ---- running
     @torch.inference_mode()
@@ -174,7 +178,7 @@ class ModelRunner:
 
 
 def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str, max_num_seqs: int = 64,
-                       gpu_memory_utilization: float = 0.9) -> int:
+                       gpu_memory_utilization: float = 0.9, tp_size: int = 1) -> int:
     """How many blocks to allocate when the user does not say.
 
     Never more than ``max_num_seqs`` full-context sequences need. Within that, CUDA: the
@@ -183,7 +187,7 @@ def default_num_blocks(config: ModelConfig, dtype, block_size: int, device: str,
     """
     from inferlab.kvcache import kv_bytes_per_block
 
-    per_block = kv_bytes_per_block(config, dtype, block_size)
+    per_block = kv_bytes_per_block(config, dtype, block_size, tp_size)  # per rank under tensor parallelism
     want = max_num_seqs * cdiv(config.max_model_len, block_size)
     if str(device).startswith("cuda") and torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info(torch.device(device))
