@@ -58,13 +58,16 @@ def _hub_kwargs(path: str, trust_remote_code: bool) -> dict[str, Any]:
 
 
 def _not_found(name_or_path, err: OSError) -> ModelNotFound:
-    where = "offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set)" if offline() else "from the hub"
-    return ModelNotFound(
-        f"could not load {str(name_or_path)!r} {where}: it is not an embedded model "
-        f"({', '.join(EMBEDDED_MODELS)}) nor a local folder, and {err.__class__.__name__}: {err}. "
-        "Use an embedded name, a folder with config.json + model.safetensors, or go online "
-        "and pass a hub id such as 'Qwen/Qwen2.5-0.5B'."
-    )
+    """Say which of the two cases it is: offline mode was asked for, or the hub could not be reached / had no such id."""
+    head = (f"could not load {str(name_or_path)!r}: it is not an embedded model ({', '.join(EMBEDDED_MODELS)}) "
+            "nor a local folder")
+    if offline():
+        return ModelNotFound(f"{head}, and offline mode is on (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set), so the "
+                             "hub was not asked; it is not in the local cache either. Unset those variables to "
+                             f"download it. ({err.__class__.__name__}: {err})")
+    return ModelNotFound(f"{head}, and fetching it from the Hugging Face hub failed: no network, a misspelled id, or "
+                         "a gated model that needs `hf auth login`. Check the id on huggingface.co, or use an "
+                         f"embedded name or a folder with config.json + model.safetensors. ({err.__class__.__name__}: {err})")
 
 
 def load_tokenizer(name_or_path: str | os.PathLike = "tiny", trust_remote_code: bool = False):

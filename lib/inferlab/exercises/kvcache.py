@@ -8,7 +8,24 @@ from typing import Any
 from inferlab import configs, units
 from inferlab import kvcache as kv
 from inferlab import roofline as rl
-from inferlab.exercises import Check, verdict
+from inferlab.exercises import Blank, Check, attempt, not_answered, show_solution, verdict
+
+SOLUTIONS = {
+    "kv_per_token": '''def kv_per_token(config, bytes_per_element):
+    # one key and one value, per layer, per K/V head (not per query head), head_dim numbers each
+    return (2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"]
+            * bytes_per_element)''',
+    "max_sequences": '''mem = 81920 * 2**20                      # an A100 80 GB, in bytes
+free = mem - int(0.1 * mem) - 8_030_261_248 * 2   # minus the 10% reserve and the bf16 weights
+answer = int(free // (8192 * 128 * 1024))   # / KV bytes of one 8,192-token sequence''',
+    "decode_bound": "answer = 4.8e12 / 2.47e9   # bytes per second / bytes read per step = steps (tokens) per second",
+}
+
+
+def solution(name: str) -> None:
+    """Print the worked answer of exercise ``name`` (one of :data:`SOLUTIONS`)."""
+    show_solution(SOLUTIONS, name)
+
 
 _CASES = ["llama-2-7b", "llama-3-8b", "llama-3.2-1b", "qwen2.5-7b", "phi-3-mini", "tiny-draft"]
 
@@ -24,7 +41,9 @@ def check_kv_per_token(fn: Callable[[dict[str, Any], int], int]) -> Check:
         for nbytes, dtype in ((2, "float16"), (4, "float32")):
             truth = kv.kv_bytes_per_token(name, dtype)
             try:
-                got = fn(dict(cfg), nbytes)
+                got = attempt(fn, dict(cfg), nbytes)
+            except Blank:
+                return not_answered("write kv_per_token, or run solution('kv_per_token')")
             except Exception as e:  # a learner's bug is a wrong answer, not a crash
                 return verdict(False, "", f"fn(<{name}>, {nbytes}) raised {type(e).__name__}: {e}")
             if got == truth:
@@ -39,10 +58,12 @@ def check_kv_per_token(fn: Callable[[dict[str, Any], int], int]) -> Check:
                    "not 512 KiB.", "")
 
 
-def check_max_sequences(answer: int, model: str = "llama-3-8b", gpu: str = "A100 80 GB", seq_len: int = 8192,
+def check_max_sequences(answer: int | None, model: str = "llama-3-8b", gpu: str = "A100 80 GB", seq_len: int = 8192,
                         kv_dtype: str = "float16", weight_dtype: str = "bfloat16",
                         reserve_fraction: float = 0.1) -> Check:
     """How many ``seq_len``-token sequences fit beside the weights (reserve held back)?"""
+    if answer is None:
+        return not_answered("free memory / KV bytes per sequence, or run solution('max_sequences')")
     plan = kv.memory_plan(model, configs.gpu_memory_bytes(gpu), seq_len, kv_dtype, weight_dtype, reserve_fraction)
     truth = plan["max_sequences"]
     f = lambda n: units.format_bytes(n, "GiB")  # noqa: E731
@@ -52,9 +73,11 @@ def check_max_sequences(answer: int, model: str = "llama-3-8b", gpu: str = "A100
                    f"not {answer}. Hint: KV per sequence = seq_len x per-token bytes; free = memory - reserve - weights.")
 
 
-def check_decode_bound(answer: float, model: str = "llama-3.2-1b", bandwidth: float = 4.8e12,
+def check_decode_bound(answer: float | None, model: str = "llama-3.2-1b", bandwidth: float = 4.8e12,
                        weight_dtype: str = "bfloat16") -> Check:
     """Batch-1 decode can't beat (bandwidth / bytes of weights) tokens/s: what is it here (±2 %)?"""
+    if answer is None:
+        return not_answered("how many times per second can the weights be read? or run solution('decode_bound')")
     weights = rl.weights_read_per_step(model) * kv.weight_bytes_per_param(weight_dtype)
     truth = bandwidth / weights
     ok = abs(answer - truth) <= 0.02 * truth

@@ -6,8 +6,25 @@ from collections.abc import Callable
 
 import torch
 
-from inferlab.exercises import Check, close_enough, verdict
+from inferlab.exercises import Blank, Check, attempt, close_enough, not_answered, show_solution, verdict
 from inferlab.speculative import expected_speedup, expected_tokens_per_step, optimal_k
+
+
+SOLUTIONS = {
+    "residual": '''def residual(p, q):
+    r = (p - q).clamp_min(0)   # the mass acceptance under-produced: max(0, p - q)
+    return r / r.sum()         # normalized to a distribution''',
+    "expected_tokens": '''def expected_tokens(alpha, k):
+    if alpha == 1:
+        return k + 1                                  # every draft accepted, plus the bonus token
+    return (1 - alpha ** (k + 1)) / (1 - alpha)       # 1 + alpha + ... + alpha^k''',
+    "best_k": "answer = max(range(1, 17), key=lambda k: expected_speedup(0.8, k, 0.1))   # try every k, keep the best",
+}
+
+
+def solution(name: str) -> None:
+    """Print the worked answer of exercise ``name`` (one of :data:`SOLUTIONS`)."""
+    show_solution(SOLUTIONS, name)
 
 
 def check_residual(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Check:
@@ -24,7 +41,9 @@ def check_residual(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> 
         truth = (p - q).clamp_min(0)
         truth = truth / truth.sum()
         try:
-            got = torch.as_tensor(fn(p.clone(), q.clone()), dtype=torch.float64).reshape(-1)
+            got = torch.as_tensor(attempt(fn, p.clone(), q.clone()), dtype=torch.float64).reshape(-1)
+        except Blank:
+            return not_answered("write residual(p, q), or run solution('residual')")
         except Exception as e:  # a learner's bug is a wrong answer, not a crash
             return verdict(False, "", f"fn(p, q) raised {type(e).__name__}: {e}")
         if got.shape == truth.shape and torch.allclose(got, truth, atol=1e-6):
@@ -48,7 +67,9 @@ def check_expected_tokens(fn: Callable[[float, int], float]) -> Check:
         for k in (1, 2, 4, 8):
             truth = expected_tokens_per_step(alpha, k)
             try:
-                got = float(fn(alpha, k))
+                got = float(attempt(fn, alpha, k))
+            except Blank:
+                return not_answered("write expected_tokens(alpha, k), or run solution('expected_tokens')")
             except ZeroDivisionError:
                 return verdict(False, "", f"alpha={alpha} divides by zero: what is the limit when every draft "
                                "is accepted?")
@@ -64,8 +85,10 @@ def check_expected_tokens(fn: Callable[[float, int], float]) -> Check:
     return verdict(True, "(1 − α^(k+1)) / (1 − α), and k + 1 at α = 1: a capped geometric series.", "")
 
 
-def check_best_k(answer: int, alpha: float = 0.8, c: float = 0.1, k_max: int = 16) -> Check:
+def check_best_k(answer: int | None, alpha: float = 0.8, c: float = 0.1, k_max: int = 16) -> Check:
     """Which k (1..k_max) maximizes the expected speedup for this α and cost ratio c?"""
+    if answer is None:
+        return not_answered("try expected_speedup(alpha, k, c) for a few k, or run solution('best_k')")
     best = optimal_k(alpha, c, k_max)
     gain = expected_speedup(alpha, best, c)
     if answer == best:

@@ -15,18 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-REPO = "inferlab/inferlab"
+def repository(pyproject: Path | None = None) -> str:
+    """``owner/name`` of the GitHub repository: the one place it is set is ``[project.urls] Homepage``
+    in pyproject.toml (a fork changes that line and rebuilds the notebooks); ``INFERLAB_REPO``
+    overrides it for one build."""
+    if os.environ.get("INFERLAB_REPO"):
+        return os.environ["INFERLAB_REPO"].strip("/")
+    path = pyproject or Path(__file__).resolve().parents[3] / "pyproject.toml"
+    text = path.read_text() if path.is_file() else ""
+    match = re.search(r'^Homepage\s*=\s*"https://github\.com/([^"/]+/[^"/]+?)/?"', text, re.M)
+    return match.group(1) if match else "inferlab/inferlab"
+
+
+REPO = repository()
 BRANCH = "main"
 REPO_URL = f"https://github.com/{REPO}"
 HEADER_TAG = "inferlab-header"
 INSTALL_TAG = "colab-install"
-EXEC_ENV = {
+EXEC_ENV = {  # offline for building and running the notebooks (the embedded models), never for `make lab`
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -35,22 +48,33 @@ EXEC_ENV = {
     "TQDM_DISABLE": "1",
 }
 
-INSTALL_SOURCE = f'''# Colab only: fetch inferlab and install it beside Colab's own torch, numpy and ipywidgets
-# (nothing here replaces them). Elsewhere this cell does nothing: `make lab` already installed it.
+
+def install_source(repo_url: str = REPO_URL) -> str:
+    """The Colab-only install cell: clone (or fail loudly), then install beside Colab's own packages."""
+    return f'''# Colab only: fetch inferlab and install it beside Colab's own torch, numpy and ipywidgets
+# (pip's default strategy upgrades only what inferlab's ranges exclude). Elsewhere this cell does nothing.
 import sys
 
 if "google.colab" in sys.modules:
+    import os
     import subprocess
 
-    subprocess.run(["git", "clone", "-q", "--depth", "1", "{REPO_URL}", "/content/inferlab"], check=False)
+    if not os.path.isdir("/content/inferlab/.git"):
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", "{repo_url}", "/content/inferlab"],
+                               capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(f"could not clone {repo_url}: {{clone.stderr.strip()}}")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/inferlab"], check=True)
     sys.path.insert(0, "/content/inferlab/lib")'''
 
 
-def badges_markdown(name: str) -> str:
+INSTALL_SOURCE = install_source()
+
+
+def badges_markdown(name: str, repo: str = REPO) -> str:
     """Colab and Binder badges for notebooks/NAME.ipynb (Binder deep-links into JupyterLab)."""
-    colab = f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{name}.ipynb"
-    binder = f"https://mybinder.org/v2/gh/{REPO}/{BRANCH}?urlpath=lab/tree/notebooks/{name}.ipynb"
+    colab = f"https://colab.research.google.com/github/{repo}/blob/{BRANCH}/notebooks/{name}.ipynb"
+    binder = f"https://mybinder.org/v2/gh/{repo}/{BRANCH}?urlpath=lab/tree/notebooks/{name}.ipynb"
     return (
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab}) "
         f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder})"
@@ -130,11 +154,27 @@ def write(nb, path: Path) -> None:
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
+def add_static_images(nb):
+    """Store a PNG beside every plotly figure, drawn by :mod:`inferlab.viz.static`, and drop plotly's
+    CDN loader (``text/html``): JupyterLab still draws the interactive figure from its JSON, while
+    GitHub, nbviewer and offline HTML, which cannot, show the picture."""
+    from inferlab.viz.static import PLOTLY_MIME, figure_png_base64
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME in data:
+                data["image/png"] = figure_png_base64(data[PLOTLY_MIME])
+                data.pop("text/html", None)
+    return nb
+
+
 def build(src: Path, out_dir: Path, run: bool = True) -> Path:
-    """Source → executed, cleaned notebook ``out_dir/NAME.ipynb``."""
+    """Source → executed, cleaned notebook ``out_dir/NAME.ipynb``, with a static image beside each figure."""
     nb = with_header(read_source(src), src.stem)
     if run:
         execute(nb, cwd=out_dir.resolve())
+        add_static_images(nb)
     target = out_dir / f"{src.stem}.ipynb"
     write(clean(nb), target)
     return target
@@ -229,6 +269,10 @@ def check_notebook(path: Path) -> list[str]:
             if any("plotly.js v" in str(v)[:2000] or len(str(v)) > 2_000_000 for v in data.values()):
                 problems.append("an output embeds the whole plotly.js")
                 break
+            if "application/vnd.plotly.v1+json" in data and "image/png" not in data:
+                problems.append("a plotly figure without a static image/png beside it (rebuild with `build`)")
+            if "application/vnd.jupyter.widget-view+json" in data and "image/png" not in data:
+                problems.append("a widget without a static image of its default state")
     meta = nb.get("metadata", {})
     if set(meta) - {"kernelspec", "language_info"}:
         problems.append(f"volatile notebook metadata: {sorted(set(meta) - {'kernelspec', 'language_info'})}")

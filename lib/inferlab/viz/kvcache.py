@@ -165,10 +165,10 @@ def roofline_figure(results: dict[str, dict[str, Any] | None]):
                         line=dict(color=color, dash="dash"))
         d, p = res["decode"], res["prefill"]
         fig.add_scatter(x=[r["intensity"] for r in d], y=[r["achieved_flops_per_s"] for r in d], mode="markers+text",
-                        text=[f"b{r['batch_size']}" for r in d], textposition="top center",
+                        text=[f"b{r['batch_size']}" for r in d], textposition="top left",
                         name=f"{label}: decode (batch)", marker=dict(color=color, symbol="circle", size=9))
         fig.add_scatter(x=[r["intensity"] for r in p], y=[r["achieved_flops_per_s"] for r in p], mode="markers+text",
-                        text=[f"L{r['prompt_len']}" for r in p], textposition="bottom center",
+                        text=[f"L{r['prompt_len']}" for r in p], textposition="bottom right",
                         name=f"{label}: prefill (prompt)", marker=dict(color=color, symbol="diamond", size=10))
     fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="arithmetic intensity (FLOP / byte)",
                       yaxis_title="achieved FLOP/s", title="Roofline: prefill climbs to the compute roof, decode stays under the memory slope",

@@ -15,6 +15,7 @@ __all__ = [
     "block_size_sweep_figure",
     "draw_block_tables",
     "fig2_figure",
+    "first_frame_with_content",
     "memory_map_animation",
     "prefix_sharing_figure",
     "sharing_figure",
@@ -25,6 +26,9 @@ RESERVED, NEVER_USED, FREE, EXTERNAL = 10, 11, 12, 13
 _STATE_COLORS = ["#d9d9d9", "#E45756", "#ffffff", "#FF9F1C"]
 _STATE_NAMES = {RESERVED: "reserved (future tokens)", NEVER_USED: "internal fragmentation",
                 FREE: "free", EXTERNAL: "external fragmentation"}
+# Requests in blues, greens, teals and purples: no red, orange or grey, which mean waste here.
+REQUEST_COLORS = ["#1f5fa8", "#54A24B", "#17a2b8", "#7b4fb5", "#4C78A8", "#2a9d8f", "#9467bd", "#3d8b37",
+                  "#0b3c6e", "#6a8fd8"]
 CATEGORY_COLORS = {
     "token_states": "#54A24B",
     "reservation": "#BAB0AC",
@@ -49,12 +53,24 @@ def _codes(frame: dict[str, Any], external: bool, cols: int):
 
 
 def _discrete_colorscale() -> list[list[Any]]:
-    colors = PALETTE[:10] + _STATE_COLORS
+    colors = REQUEST_COLORS + _STATE_COLORS
     n = len(colors)
     scale = []
     for i, c in enumerate(colors):
         scale += [[i / n, c], [(i + 1) / n, c]]
     return scale
+
+
+def first_frame_with_content(results: dict[str, Any]) -> int:
+    """The first frame index at which every allocator's map holds some token state (frame 0 is empty memory)."""
+    import numpy as np
+
+    n_frames = max(len(r.frames) for r in results.values())
+    for i in range(n_frames):
+        frames = [r.frames[min(i, len(r.frames) - 1)] for r in results.values()]
+        if all((np.asarray(f["kind"]) == 1).any() for f in frames):
+            return i
+    return 0
 
 
 def memory_map_animation(results: dict[str, Any], cols: int = 64,
@@ -86,19 +102,22 @@ def memory_map_animation(results: dict[str, Any], cols: int = 64,
         return go.Heatmap(z=z, zmin=-0.5, zmax=13.5, colorscale=scale, showscale=False, xgap=0.5, ygap=0.5,
                           hoverinfo="skip", name=names[col])
 
-    for j, z in enumerate(grids(0)):
+    start = first_frame_with_content(results)
+    for j, z in enumerate(grids(start)):
         fig.add_trace(trace(z, j), row=1, col=j + 1)
     step_of = lambda i: results[names[0]].frames[min(i, len(results[names[0]].frames) - 1)]["step"]
     fig.frames = [go.Frame(data=[trace(z, j) for j, z in enumerate(grids(i))], name=str(i),
                            traces=list(range(len(names)))) for i in range(n_frames)]
     slider = {"steps": [{"args": [[str(i)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate"}],
                          "label": str(step_of(i)), "method": "animate"} for i in range(n_frames)],
-              "currentvalue": {"prefix": "decode step "}, "pad": {"t": 30}}
-    play = {"type": "buttons", "showactive": False, "x": 0, "y": -0.12, "xanchor": "left",
+              "active": start, "currentvalue": {"prefix": "decode step "}, "x": 0.14, "len": 0.86, "y": 0,
+              "yanchor": "top", "pad": {"t": 10}}
+    play = {"type": "buttons", "showactive": False, "x": 0, "y": 0, "xanchor": "left", "yanchor": "top",
+            "pad": {"t": 10},
             "buttons": [{"label": "▶ play", "method": "animate",
                          "args": [None, {"frame": {"duration": 250, "redraw": True}, "fromcurrent": True}]}]}
-    fig.update_layout(title=title, sliders=[slider], updatemenus=[play], height=460,
-                      margin={"l": 20, "r": 20, "t": 70, "b": 90})
+    fig.update_layout(title=title, sliders=[slider], updatemenus=[play], height=500,
+                      margin={"l": 20, "r": 20, "t": 120, "b": 90})
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
     for code, label in _STATE_NAMES.items():  # legend for the waste colors
@@ -106,8 +125,8 @@ def memory_map_animation(results: dict[str, Any], cols: int = 64,
                                  marker={"size": 10, "symbol": "square", "color": _STATE_COLORS[code - 10],
                                          "line": {"color": "#888", "width": 1}}), row=1, col=1)
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="token states (one color per request)",
-                             marker={"size": 10, "symbol": "square", "color": PALETTE[0]}), row=1, col=1)
-    fig.update_layout(legend={"orientation": "h", "y": -0.25})
+                             marker={"size": 10, "symbol": "square", "color": REQUEST_COLORS[0]}), row=1, col=1)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": 1.08, "yanchor": "bottom"})  # above the panels
     return fig
 
 
@@ -118,17 +137,16 @@ def fig2_figure(results: dict[str, Any], paper: dict[str, float] | None = None):
     from inferlab.paging_sim import CATEGORIES
 
     names = list(results)
-    x = [LABELS.get(n, n) for n in names]
+    # The paper's share goes into the category label, not beside the marker, where it covered our bar's label.
+    x = [LABELS.get(n, n) + (f"<br>paper: {100 * paper[n]:.1f}%" if paper and n in paper else "") for n in names]
     fig = go.Figure()
     for cat in CATEGORIES:
         y = [100 * results[n].shares[cat] for n in names]
         fig.add_bar(x=x, y=y, name=cat.replace("_", " "), marker_color=CATEGORY_COLORS[cat],
                     text=[f"{v:.1f}%" if v >= 4 else "" for v in y], textposition="inside")
     if paper:
-        fig.add_scatter(x=x, y=[100 * paper.get(n, float("nan")) for n in names], mode="markers+text",
-                        name="paper: token states (Fig. 2)", marker={"symbol": "diamond", "size": 13, "color": "black"},
-                        text=[f"{100 * paper[n]:.1f}%" if n in paper else "" for n in names],
-                        textposition="middle right")
+        fig.add_scatter(x=x, y=[100 * paper.get(n, float("nan")) for n in names], mode="markers",
+                        name="paper: token states (Fig. 2)", marker={"symbol": "diamond", "size": 13, "color": "black"})
     fig.update_layout(barmode="stack", title="Where KV-cache memory goes (cf. Kwon et al. 2023, Fig. 2)",
                       yaxis_title="% of KV-cache memory", height=450)
     return fig
