@@ -1,0 +1,214 @@
+"""Running the engine over several processes: rank 0 schedules, the workers follow each step.
+
+``LLM(model, tensor_parallel_size=N)`` keeps the whole engine (scheduler, block manager,
+sampling) in the calling process, which is rank 0, and starts ``N - 1`` worker processes.
+Every rank builds the same model, keeps its shard (:func:`inferlab.tp.shard_model`) and
+its own KV pool of its KV heads; the block tables are the same on every rank, because only
+rank 0 schedules. Each step rank 0 sends the step's inputs (the flattened chunks) to every
+worker, then all ranks run the same forward pass, meeting in the all-reduces of
+:mod:`inferlab.tp` over ``torch.distributed`` (gloo on CPU, NCCL on GPUs); the logits are
+identical everywhere and only rank 0 samples. This is nano-vllm's split (its rank 0 writes
+the call into shared memory and wakes the workers with events); here the step travels over
+one ``multiprocessing`` pipe per worker, so an idle worker waits on its pipe, not inside a
+collective that would time out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import weakref
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from inferlab.engine.config import EngineConfig
+from inferlab.engine.model_runner import ChunkInput, ModelRunner
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for the rendezvous on localhost)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_for(device: str) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def init_process_group(rank: int, size: int, port: int, device: str) -> None:
+    """Join the ``size`` ranks on localhost (on a GPU, rank ``r`` takes ``cuda:r``)."""
+    import torch.distributed as dist
+
+    if str(device).startswith("cuda"):
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend_for(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=size, timeout=COLLECTIVE_TIMEOUT)
+
+
+def rank_device(device: str, rank: int) -> str:
+    return f"cuda:{rank}" if str(device).startswith("cuda") else str(device)
+
+
+class TPModelRunner(ModelRunner):
+    """A :class:`ModelRunner` holding rank ``rank``'s shard; on rank 0 it also drives the workers.
+
+    ``execute``, ``copy_block`` and ``reference_logits`` on rank 0 first send the call to every
+    worker (through ``conns``), so that all ranks run the same step.
+    """
+
+    def __init__(self, model: Any, config: EngineConfig, rank: int = 0, conns: list | None = None):
+        self.rank, self.tp_size, self.conns = rank, config.tensor_parallel_size, conns or []
+        self.procs: list = []
+        super().__init__(model, config)
+
+    def _build_model(self, source, config: EngineConfig) -> torch.nn.Module:
+        """The whole model (loaded or seeded: the same on every rank), then this rank's shard of it."""
+        from inferlab.tp import shard_model
+
+        return shard_model(super()._build_model(source, config), self.rank, self.tp_size)
+
+    # ---- rank 0: every call that runs the model or changes the cache goes to all ranks
+    def call(self, name: str, *args: Any, reply: bool = False) -> Any:
+        """Run ``name(*args)`` on every rank; with ``reply``, return every rank's result (rank 0 first)."""
+        for conn in self.conns:
+            conn.send((name, args, reply))
+        mine = getattr(self, "_local_" + name, None) or getattr(ModelRunner, name).__get__(self)
+        result = mine(*args)
+        if not reply:
+            return result
+        return [result] + [_receive(conn) for conn in self.conns]
+
+    def execute(self, chunks: list[ChunkInput]) -> torch.Tensor:
+        return self.call("execute", chunks)
+
+    def copy_block(self, src: int, dst: int) -> None:
+        self.call("copy_block", src, dst)
+
+    def reference_logits(self, token_ids: list[int]) -> torch.Tensor:
+        return self.call("reference_logits", token_ids)
+
+    # ---- introspection, run on every rank with ``call(..., reply=True)``
+    def _local_kv_cache_bytes(self) -> int:
+        """Bytes of this rank's KV pool."""
+        return self.kv_cache.nbytes()
+
+    def _local_meter_start(self) -> None:
+        from inferlab import tp
+
+        self._meter_cm = tp.count_all_reduce()
+        self._meter = self._meter_cm.__enter__()
+
+    def _local_meter_stop(self) -> tuple[int, int]:
+        """(all-reduce calls, payload bytes) since :meth:`_local_meter_start`."""
+        self._meter_cm.__exit__(None, None, None)
+        return self._meter.calls, self._meter.bytes
+
+    def serve(self, conn) -> None:
+        """A worker's loop: run each call rank 0 sends, until ``exit``."""
+        while True:
+            name, args, reply = conn.recv()
+            if name == "exit":
+                return
+            try:
+                result = getattr(self, "_local_" + name, None) or getattr(ModelRunner, name).__get__(self)
+                out = result(*args)
+                if reply:
+                    conn.send(("ok", out))
+            except Exception as err:  # report, then stop: rank 0 cannot continue without this rank
+                conn.send(("error", f"rank {self.rank}: {type(err).__name__}: {err}"))
+                raise
+
+    def shutdown(self) -> None:
+        """Stop the workers and leave the process group (also run when the runner is garbage-collected)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+
+
+def _receive(conn) -> Any:
+    status, value = conn.recv()
+    if status == "error":
+        raise RuntimeError(value)
+    return value
+
+
+# --------------------------------------------------------------------------- starting and stopping
+def start_tensor_parallel(model: Any, config: EngineConfig) -> TPModelRunner:
+    """Start ``tensor_parallel_size - 1`` worker processes and return rank 0's runner (this process).
+
+    ``model`` must be picklable: a name, folder, hub id or config (every rank loads it itself).
+    """
+    import multiprocessing as mp
+
+    from inferlab.device import pick_device
+    from inferlab.engine.loader import resolve_source
+    from inferlab.tp import check_shardable
+
+    size = config.tensor_parallel_size
+    check_shardable(resolve_source(model).config, size)  # fail before any process starts
+    device = pick_device(config.device)
+    if device.startswith("cuda") and torch.cuda.device_count() < size:
+        raise ValueError(f"tensor_parallel_size={size} needs {size} GPUs, torch sees {torch.cuda.device_count()}")
+    config = EngineConfig.from_kwargs(config, device=device)
+    port, ctx = free_port(), mp.get_context("spawn")
+    pipes = [ctx.Pipe() for _ in range(1, size)]
+    procs = [ctx.Process(target=_worker, args=(rank, port, model, config, child), daemon=True)
+             for rank, (_, child) in enumerate(pipes, start=1)]
+    for p in procs:
+        p.start()
+    conns = [parent for parent, _ in pipes]
+    try:
+        init_process_group(0, size, port, device)
+        runner = TPModelRunner(model, EngineConfig.from_kwargs(config, device=rank_device(device, 0)), 0, conns)
+        for conn in conns:
+            _receive(conn)  # each worker says it is ready (or why it is not)
+    except BaseException:
+        _stop(conns, procs)
+        raise
+    runner.procs = procs
+    runner._finalizer = weakref.finalize(runner, _stop, conns, procs)
+    return runner
+
+
+def _worker(rank: int, port: int, model: Any, config: EngineConfig, conn) -> None:
+    """A worker process: join the group, build this rank's shard, then follow rank 0's calls."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.tensor_parallel_size))
+    try:
+        init_process_group(rank, config.tensor_parallel_size, port, config.device)
+        runner = TPModelRunner(model, EngineConfig.from_kwargs(config, device=rank_device(config.device, rank)), rank)
+    except Exception as err:
+        conn.send(("error", f"rank {rank}: {type(err).__name__}: {err}"))
+        raise
+    conn.send(("ok", None))
+    try:
+        runner.serve(conn)
+    finally:
+        _leave_group()
+
+
+def _stop(conns: list, procs: list) -> None:
+    """Tell the workers to exit, wait for them (kill the ones that hang), leave the group."""
+    for conn in conns:
+        try:
+            conn.send(("exit", (), False))
+        except (OSError, ValueError):
+            pass
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    _leave_group()
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
