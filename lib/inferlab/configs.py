@@ -43,14 +43,14 @@ def load_config(name: str) -> dict[str, Any]:
 def as_dict(config: Any) -> dict[str, Any]:
     """A config as a plain dict: a name, a path to a config.json, a dict, a transformers config or a dataclass."""
     if isinstance(config, dict):
-        return dict(config)
+        return _text_part(dict(config))
     if isinstance(config, (str, Path)):
         path = Path(config)
         if path.suffix == ".json" and path.is_file():
-            return json.loads(path.read_text())
+            return _text_part(json.loads(path.read_text()))
         if (path / "config.json").is_file():
-            return json.loads((path / "config.json").read_text())
-        return load_config(str(config))
+            return _text_part(json.loads((path / "config.json").read_text()))
+        return _text_part(load_config(str(config)))
     if hasattr(config, "get_text_config"):  # a transformers PretrainedConfig (multimodal: its text part)
         config = config.get_text_config()
     if hasattr(config, "to_dict"):
@@ -65,11 +65,28 @@ def as_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"config must be a model name, a dict or a transformers config, not {type(config).__name__}")
 
 
+def _text_part(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A multimodal config's language model (its ``text_config``), keeping the outer name; else ``cfg``."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        return cfg
+    name = cfg.get("name") or cfg.get("_name_or_path")
+    return {**text, **({"name": name} if name and not text.get("name") else {})}
+
+
 def _first(cfg: dict, *keys: str, default: Any = None) -> Any:
     for key in keys:
         if cfg.get(key) is not None:
             return cfg[key]
     return default
+
+
+def _required(cfg: dict, *keys: str) -> int:
+    """The first of ``keys`` that ``cfg`` has, as an int; a ValueError naming them when it has none."""
+    value = _first(cfg, *keys)
+    if value is None:
+        raise ValueError(f"config has no {' / '.join(keys)} (got keys: {', '.join(sorted(cfg)) or 'none'})")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -98,16 +115,45 @@ class ModelShape:
         return "GQA" if self.n_kv_heads < self.n_heads else "MHA"
 
 
-def _layer_windows(cfg: dict, n_layers: int) -> tuple:
+def layer_windows(cfg: dict, n_layers: int) -> tuple:
+    """Per layer, the sliding window in tokens or None (full attention), as transformers builds the cache.
+
+    ``layer_types`` when the config lists them; else Qwen2/Qwen3's ``use_sliding_window`` with
+    ``max_window_layers`` (layers from that index on slide); Gemma-3/Cohere2's
+    ``sliding_window_pattern`` (every p-th layer is global); Gemma-2's even layers; otherwise
+    (Mistral v0.1, Phi-3) every layer.
+    """
     window = cfg.get("sliding_window")
-    types = cfg.get("layer_types")
+    model_type = str(cfg.get("model_type", ""))
     if not window or cfg.get("use_sliding_window") is False:
         return (None,) * n_layers
+    window = int(window)
+    types = cfg.get("layer_types")
     if types:
         return tuple(window if "sliding" in str(t) else None for t in types[:n_layers])
-    if cfg.get("model_type") == "gemma2":  # older Gemma-2 configs: even layers local, odd global
-        return tuple(window if i % 2 == 0 else None for i in range(n_layers))
-    return (int(window),) * n_layers
+    if "use_sliding_window" in cfg or model_type.startswith(("qwen2", "qwen3")):
+        if not cfg.get("use_sliding_window"):
+            return (None,) * n_layers
+        first = int(_first(cfg, "max_window_layers", default=28))  # transformers' default
+        return tuple(window if i >= first else None for i in range(n_layers))
+    pattern = _first(cfg, "sliding_window_pattern", "_sliding_window_pattern",
+                     default=_DEFAULT_PATTERN.get(model_type.removesuffix("_text")))
+    if pattern:  # Gemma-3 (6), Cohere2 (4), Gemma-2 (2): every pattern-th layer is global
+        return tuple(window if (i + 1) % int(pattern) else None for i in range(n_layers))
+    return (window,) * n_layers
+
+
+_DEFAULT_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4}
+
+
+def _kv_heads(cfg: dict, n_heads: int) -> int:
+    """KV heads of the cache: Falcon-7B and GPT-BigCode's ``multi_query`` keep one (Falcon-40B's
+    ``new_decoder_architecture`` uses ``num_kv_heads`` instead)."""
+    multi_query = cfg.get("multi_query", str(cfg.get("model_type")) in {"falcon", "gpt_bigcode"})
+    if multi_query and not cfg.get("new_decoder_architecture"):
+        return 1
+    return int(_first(cfg, "num_key_value_heads", "multi_query_group_num", "num_kv_heads", "n_head_kv",
+                      default=n_heads))
 
 
 def model_shape(config: Any) -> ModelShape:
@@ -115,10 +161,12 @@ def model_shape(config: Any) -> ModelShape:
     if isinstance(config, ModelShape):
         return config
     cfg = as_dict(config)
-    n_layers = int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers"))
-    hidden = int(_first(cfg, "hidden_size", "n_embd", "d_model"))
-    n_heads = int(_first(cfg, "num_attention_heads", "n_head", "num_heads"))
-    n_kv = int(_first(cfg, "num_key_value_heads", "multi_query_group_num", "num_kv_heads", default=n_heads))
+    n_layers = _required(cfg, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _required(cfg, "hidden_size", "n_embd", "d_model")
+    n_heads = _required(cfg, "num_attention_heads", "n_head", "num_heads")
+    if min(n_layers, hidden, n_heads) <= 0:
+        raise ValueError(f"config has non-positive sizes: layers={n_layers}, hidden={hidden}, heads={n_heads}")
+    n_kv = _kv_heads(cfg, n_heads)
     head_dim = int(_first(cfg, "head_dim", default=hidden // n_heads))
     mla = None
     if cfg.get("kv_lora_rank"):
@@ -129,7 +177,7 @@ def model_shape(config: Any) -> ModelShape:
         n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
         vocab=int(_first(cfg, "vocab_size", default=0)),
         intermediate=int(_first(cfg, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)),
-        windows=_layer_windows(cfg, n_layers), mla=mla,
+        windows=layer_windows(cfg, n_layers), mla=mla,
         max_context=_first(cfg, "max_position_embeddings", "n_positions"), raw=cfg,
     )
 

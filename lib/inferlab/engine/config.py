@@ -26,7 +26,8 @@ class EngineConfig:
     ``enable_prefix_caching`` reuses the KV of shared prompt prefixes; ``policy="static"``
     is classic static batching, for comparison. ``attention_backend`` picks the attention
     implementation once (:data:`inferlab.attention.backends.BACKENDS`). ``seed`` seeds the
-    random weights when the model is given as a bare config. ``tensor_parallel_size``: shard
+    random weights when the model is given as a bare config. ``max_logprobs`` caps a request's
+    ``SamplingParams.logprobs`` (vLLM's default, 20). ``tensor_parallel_size``: shard
     the model over that many processes (:mod:`inferlab.tp`, :mod:`inferlab.engine.distributed`).
     """
 
@@ -44,15 +45,21 @@ class EngineConfig:
     record_trace: bool = True
     trust_remote_code: bool = False
     seed: int = 0
+    max_logprobs: int = 20
     tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("enable_prefix_caching", "enable_chunked_prefill", "record_trace", "trust_remote_code"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.trust_remote_code:
             raise ValueError("trust_remote_code=True is not supported: the engine runs its own model code")
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "tensor_parallel_size"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_logprobs", "tensor_parallel_size"):
             _check_positive_int(name, getattr(self, name))
         if self.num_kv_blocks is not None:
             _check_positive_int("num_kv_blocks", self.num_kv_blocks)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         if isinstance(self.gpu_memory_utilization, bool) or not isinstance(self.gpu_memory_utilization, (int, float)) \
                 or not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
@@ -101,22 +108,31 @@ class ModelConfig:
     rope_scaling: dict = field(default_factory=dict)
     eos_token_ids: tuple[int, ...] = ()
     max_model_len: int = 0
+    hidden_act: str = "silu"
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """The engine's view of a config.json; a field whose value the engine does not implement is refused by name."""
         model_type = cfg.get("model_type", "llama")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"model_type {model_type!r} is not supported by inferlab's engine "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
+        missing = [k for k in _REQUIRED_KEYS if cfg.get(k) is None]
+        if missing:
+            raise ValueError(f"model config is missing {', '.join(missing)}")
         heads = cfg["num_attention_heads"]
         rope = dict(cfg.get("rope_parameters") or {})  # transformers >= 5
         rope.update(cfg.get("rope_scaling") or {})  # transformers 4 style
         theta = rope.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
+        check_implemented(cfg, rope)
         bias = bool(cfg.get("attention_bias", False))
         eos = cfg.get("eos_token_id")
         max_pos = int(cfg.get("max_position_embeddings", 2048))
+        kv_heads = cfg.get("num_key_value_heads") or heads
+        if heads % kv_heads:
+            raise ValueError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
         return cls(
             model_type=model_type,
             vocab_size=cfg["vocab_size"],
@@ -124,7 +140,7 @@ class ModelConfig:
             intermediate_size=cfg["intermediate_size"],
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
-            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            num_kv_heads=kv_heads,
             head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=max_pos,
@@ -136,15 +152,49 @@ class ModelConfig:
             rope_scaling=rope,
             eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),),
             max_model_len=_max_model_len(cfg, model_type, max_pos),
+            hidden_act=cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu",
         )
 
 
+_REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+ROPE_TYPES = ("default", "linear", "llama3")
+# Fields of related architectures that change the forward pass, with the value that means "off".
+# A config that sets one of them to anything else would run silently wrong, so it is refused.
+_UNIMPLEMENTED: dict[str, Any] = {
+    "partial_rotary_factor": 1.0, "attn_logit_softcapping": None, "final_logit_softcapping": None,
+    "query_pre_attn_scalar": None, "logits_scaling": 1.0, "embedding_multiplier": 1.0,
+    "residual_multiplier": 1.0, "attention_multiplier": None, "use_qk_norm": False, "qk_layernorm": False,
+    "use_parallel_residual": False, "parallel_attn": False, "alibi": False, "quantization_config": None,
+}
+
+
+def check_implemented(cfg: dict[str, Any], rope: dict[str, Any]) -> None:
+    """Refuse, by name, a config field whose value the engine's Llama-family model does not implement."""
+    from inferlab.engine.activation import ACTIVATIONS
+
+    act = cfg.get("hidden_act") or cfg.get("hidden_activation") or "silu"
+    if act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not implemented by inferlab's engine (implemented: {', '.join(ACTIVATIONS)})")
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling / rope_parameters rope_type {kind!r} is not implemented "
+                         f"(implemented: {', '.join(ROPE_TYPES)})")
+    for name, off in _UNIMPLEMENTED.items():
+        value = rope.get(name, cfg.get(name)) if name == "partial_rotary_factor" else cfg.get(name)
+        if value is not None and value != off and value != {}:
+            raise ValueError(f"config field {name}={value!r} is not implemented by inferlab's engine "
+                             f"(only {off!r} is); this model would run wrong")
+
+
 def _max_model_len(cfg: dict, model_type: str, max_pos: int) -> int:
-    """Context length we serve: a sliding window (Mistral v0.1, some Qwen2) caps it.
+    """Context length we serve: a sliding window on any layer (Mistral v0.1, some Qwen2) caps it.
 
     Below the window, sliding-window attention equals full attention, so capping the
-    context keeps our (full) attention exact instead of silently wrong.
+    context keeps our (full) attention exact instead of silently wrong. Which layers slide
+    (Qwen2's ``max_window_layers``, ``layer_types``) is read by :func:`inferlab.configs.layer_windows`.
     """
-    window = cfg.get("sliding_window")
-    uses_window = window and (model_type == "mistral" or cfg.get("use_sliding_window", False))
-    return min(max_pos, int(window)) if uses_window else max_pos
+    from inferlab.configs import layer_windows
+
+    windows = [w for w in layer_windows({"model_type": model_type, **cfg}, int(cfg["num_hidden_layers"])) if w]
+    return min(max_pos, *windows) if windows else max_pos

@@ -15,6 +15,7 @@ from torch import nn
 
 from inferlab.attention.layer import Attention
 from inferlab.attention.metadata import AttentionMetadata
+from inferlab.engine.activation import act_and_mul
 from inferlab.engine.config import ModelConfig
 from inferlab.engine.layers import (
     Linear,
@@ -22,7 +23,6 @@ from inferlab.engine.layers import (
     QKVLinear,
     RMSNorm,
     RotaryEmbedding,
-    silu_and_mul,
 )
 
 
@@ -45,15 +45,16 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU MLP with gate and up fused."""
+    """Gated MLP (SwiGLU, or GeGLU for a GELU ``hidden_act``) with gate and up fused."""
 
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.gate_up_proj = MergedLinear(c.hidden_size, [c.intermediate_size] * 2, bias=c.mlp_bias)
         self.down_proj = Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        self.act_and_mul = act_and_mul(c.hidden_act)  # SwiGLU for "silu", GeGLU for the GELUs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
