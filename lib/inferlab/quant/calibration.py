@@ -71,3 +71,15 @@ def run_forward(model, windows: torch.Tensor, batch_size: int = 4) -> None:
     device = model_device(model)
     for i in range(0, windows.shape[0], batch_size):
         model(input_ids=windows[i:i + batch_size].to(device))
+
+
+def linear_inputs(model, names: list[str], windows: torch.Tensor, max_rows: int = 4096) -> dict[str, torch.Tensor]:
+    """The inputs ``[rows, in]`` that the named linear layers see on ``windows`` (for plots and studies)."""
+    from inferlab.quant.awq import InputRecorder
+
+    rec = InputRecorder(model, {n: model.get_submodule(n) for n in names}, max_rows)
+    try:
+        run_forward(model, windows)
+    finally:
+        rec.remove()
+    return {n: torch.cat(rec.inputs[n]) for n in names}

@@ -108,3 +108,18 @@ class HessianCollector:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def column_report(weight: torch.Tensor, x: torch.Tensor, group_size: int = 64, name: str = "layer") -> dict:
+    """RTN vs GPTQ on one layer with inputs ``x [n, in]``: mean |w − q| per column, and output error
+    ``‖x Wᵀ − x Qᵀ‖² / ‖x Wᵀ‖²`` (GPTQ moves weights further, so that outputs stay closer)."""
+    W = weight.detach().float()
+    x = x.float()
+    r = gptq_quantize(W, 2 * x.T @ x / x.shape[0], 4, group_size)
+    q_gptq = rtn.dequantize_grouped(r["codes"], r["scales"], r["zeros"], r["g_idx"])
+    q_rtn = rtn.fake_quantize(W, 4, group_size)
+    ref = x @ W.T
+    out_err = lambda q: float(((ref - x @ q.T) ** 2).sum() / (ref**2).sum())
+    return {"layer": name, "rtn_col_error": (W - q_rtn).abs().mean(0).tolist(),
+            "gptq_col_error": (W - q_gptq).abs().mean(0).tolist(),
+            "rtn_output_error": out_err(q_rtn), "gptq_output_error": out_err(q_gptq)}
