@@ -74,6 +74,10 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         self.filled_blocks.update(self.allocator.block_table(seq.request_id)[:full])
 
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """``child`` shares all of ``parent``'s blocks (ref counts + 1); a later write into a shared block copies it."""
+        self.allocator.fork(parent.request_id, child.request_id)
+
     def free(self, seq: Sequence) -> None:
         if seq.request_id in self.allocator:
             self.allocator.free(seq.request_id)

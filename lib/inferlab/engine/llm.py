@@ -5,7 +5,7 @@
     outs = llm.generate(["def add(a, b):"], SamplingParams(temperature=0.0, max_tokens=32))
     outs[0].outputs[0].text
 
-Unlike the seed lesson's ``VLLMInference`` (which wrapped vLLM and whose streaming method
+Unlike the widely copied tutorial's ``VLLMInference`` (which wrapped vLLM and whose streaming method
 read a ``model_name`` it never stored), everything here runs in-process on our own engine,
 and ``stream`` really streams.
 """
@@ -17,7 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from inferlab.engine.async_engine import AsyncLLMEngine
 from inferlab.engine.config import EngineConfig
+from inferlab.engine.detokenizer import IncrementalDetokenizer  # noqa: F401 — its old home
 from inferlab.engine.llm_engine import LLMEngine, RequestTooLarge
 from inferlab.engine.model_runner import ModelRunner
 from inferlab.engine.outputs import CompletionOutput, RequestOutput
@@ -68,6 +70,7 @@ class LLM:
                  **settings: Any):
         self.engine = build_engine(model, tokenizer, config, **settings)
         self.tokenizer = self.engine.tokenizer
+        self._async: AsyncLLMEngine | None = None
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -83,6 +86,8 @@ class LLM:
         """
         prompts = [prompts] if isinstance(prompts, str) or _is_token_list(prompts) else list(prompts)
         params = _per_prompt(sampling_params, len(prompts))
+        if self._async is not None and self._async.is_running:  # the loop owns the engine now
+            return self._generate_through_loop(prompts, params)
         ids, rejected = self._add_all(prompts, params)
         done: dict[str, RequestOutput] = {}
         bar = _progress(use_tqdm, len(ids) - len(rejected))
@@ -94,6 +99,15 @@ class LLM:
         if bar is not None:
             bar.close()
         return [rejected[i] if i in rejected else done[rid] for i, rid in enumerate(ids)]
+
+    def _generate_through_loop(self, prompts, params) -> list[RequestOutput]:
+        streams = []
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            try:
+                streams.append(self._async.add_request(prompt, p))
+            except RequestTooLarge as err:
+                streams.append(_rejected_output(str(i), prompt, str(err)))
+        return [s if isinstance(s, RequestOutput) else [o for o in s][-1].output for s in streams]
 
     def _add_all(self, prompts, params) -> tuple[list[str | None], dict[int, RequestOutput]]:
         ids: list[str | None] = []
@@ -114,54 +128,34 @@ class LLM:
         return ids, rejected
 
     # ---------------------------------------------------------------- stream
+    @property
+    def async_engine(self) -> AsyncLLMEngine:
+        """The step loop that owns the engine once anything streams (started on first use)."""
+        if self._async is None or not self._async.is_running:
+            self._async = AsyncLLMEngine(self.engine)
+        return self._async
+
     def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[str]:
         """Yield the text of one request as it is generated, in deltas.
 
-        Deltas are cut from the incrementally decoded text, holding back a trailing
-        incomplete UTF-8 character (shown as U+FFFD until its last byte arrives) and, when
-        stop strings are set, the last characters that could still begin one.
+        The request goes through :attr:`async_engine`, so several streams (threads, or a
+        server's clients) share every step. Deltas hold back a trailing incomplete UTF-8
+        character and, with stop strings, the last characters that could still begin one
+        (:class:`~inferlab.engine.detokenizer.IncrementalDetokenizer`).
         """
         params = sampling_params or SamplingParams()
-        rid = self.engine.add_request(None, prompt, params)
-        seq = self.engine.sequences[rid]
-        detok = IncrementalDetokenizer(self.engine.decode, holdback=max((len(s) for s in params.stop), default=1) - 1)
-        while not seq.is_finished:
-            self.engine.step()
-            if not seq.is_finished:
-                delta = detok.update(seq.output_token_ids)
-                if delta:
-                    yield delta
-        delta = detok.finish(seq.output_text)
-        if delta:
-            yield delta
+        if params.n != 1:
+            raise ValueError(f"stream returns one sample; got n={params.n} (use the server or generate)")
+        for out in self.async_engine.add_request(prompt, params):
+            for delta in out.deltas:
+                if delta.text:
+                    yield delta.text
 
-
-class IncrementalDetokenizer:
-    """Text deltas from a growing list of token ids, safe for multi-byte characters.
-
-    A byte-level BPE token can end in the middle of a UTF-8 character; decoding then shows
-    U+FFFD until the rest arrives, so a delta is only emitted once the text does not end in
-    U+FFFD. ``holdback`` characters are also kept back (the longest stop string minus one)
-    so that a stop string is never half-streamed before it is recognised.
-    """
-
-    def __init__(self, decode, holdback: int = 0):
-        self.decode, self.holdback, self.sent = decode, holdback, ""
-
-    def update(self, token_ids: list[int]) -> str:
-        text = self.decode(token_ids)
-        stable = text[: len(text) - self.holdback] if self.holdback else text
-        if stable.endswith("\ufffd") or not stable.startswith(self.sent):
-            return ""
-        delta, self.sent = stable[len(self.sent):], stable
-        return delta
-
-    def finish(self, final_text: str) -> str:
-        """The rest of the final text (after stop-string truncation)."""
-        if not final_text.startswith(self.sent):
-            return ""
-        delta, self.sent = final_text[len(self.sent):], final_text
-        return delta
+    def shutdown(self) -> None:
+        """Stop the step loop (if streaming started one)."""
+        if self._async is not None:
+            self._async.shutdown(timeout=0)
+            self._async = None
 
 
 def _generation_eos(path: Path) -> set[int]:

@@ -9,6 +9,7 @@ tokens, prefill or decode, who was preempted, free blocks), which the notebook d
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +18,12 @@ import torch
 
 from inferlab.engine.block_manager import BlockManager
 from inferlab.engine.config import EngineConfig
+from inferlab.engine.detokenizer import IncrementalDetokenizer
 from inferlab.engine.model_runner import ChunkInput, ModelRunner
 from inferlab.engine.outputs import CompletionOutput, RequestOutput
 from inferlab.engine.sampling_params import SamplingParams
 from inferlab.engine.scheduler import Scheduler, SchedulerOutput
-from inferlab.engine.sequence import RequestMetrics, Sequence, SequenceStatus
+from inferlab.engine.sequence import RequestMetrics, Sequence, SequenceGroup, SequenceStatus, finished_requests
 from inferlab.sampling import sample
 
 
@@ -78,8 +80,11 @@ class LLMEngine:
     # ---------------------------------------------------------------- requests
     def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None, arrival_time: float | None = None) -> str:
         """Validate and queue a request; returns its id. Raises ValueError naming the bad field."""
-        params = params or SamplingParams()
-        params.validate()
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
+        params.validate()  # again: a field may have been changed since construction
+        self._check_logprobs(params)
         request_id = self._new_id() if request_id is None else str(request_id)
         if request_id in self.sequences:
             raise ValueError(f"request_id {request_id!r} is already in use")
@@ -90,6 +95,10 @@ class LLMEngine:
             RequestMetrics(arrival_time if arrival_time is not None else time.perf_counter()),
             generator=_generator(params.seed),
         )
+        if params.stop:  # stop strings need the text at every step: decoded incrementally
+            seq.detokenizer = IncrementalDetokenizer(self.decode, token_ids, params.stop)
+        if params.n > 1:  # parallel sampling: siblings fork from seq once its prompt is computed
+            seq.group, seq.num_pending_forks = SequenceGroup(request_id, [seq]), params.n - 1
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -104,12 +113,18 @@ class LLMEngine:
                 raise ValueError("prompt must not be empty")
             ids = self.tokenizer.encode(prompt)
             return prompt, list(ids)
-        ids = [int(t) for t in prompt]
+        ids = token_id_list(prompt)
         if not ids:
             raise ValueError("prompt (token ids) must not be empty")
         if min(ids) < 0 or max(ids) >= self.config.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size}), got {min(ids)}..{max(ids)}")
         return None, ids
+
+    def _check_logprobs(self, params: SamplingParams) -> None:
+        cap = min(self.engine_config.max_logprobs, self.config.vocab_size)
+        if params.logprobs is not None and params.logprobs > cap:
+            raise ValueError(f"logprobs={params.logprobs} is above this engine's limit of {cap} "
+                             "(EngineConfig.max_logprobs, at most the vocabulary size)")
 
     def _check_fits(self, token_ids: list[int], params: SamplingParams) -> None:
         if len(token_ids) >= self.max_model_len:
@@ -128,9 +143,11 @@ class LLMEngine:
             )
 
     def abort_request(self, request_id: str) -> None:
-        seq = self.scheduler.abort(request_id)
+        """Stop a request: its blocks go back to the pool and its id may be used again."""
+        seq = self.scheduler.abort(str(request_id))
         if seq is not None:
             self._finish(seq, "abort")
+        self.sequences.pop(str(request_id), None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -144,16 +161,42 @@ class LLMEngine:
             if self.scheduler.has_unfinished() and not plan.preempted:
                 raise RuntimeError("the scheduler could not run any waiting request (pool too small?)")
             return []
+        logits, failed = self._run(plan)
         kinds = [c.kind for c in plan.chunks]  # before processing turns prefills into decodes
-        chunks = self._chunk_inputs(plan)
-        logits = self.runner.execute(chunks)
         now = time.perf_counter()
-        finished = self._process(plan, logits, now)
+        finished = failed + (self._process(plan, logits, now) if plan.chunks else [])
         if self.record_trace:
             self._record(plan, kinds, start, now)
         for seq in finished:
             self.sequences.pop(seq.request_id, None)
-        return [self.make_output(seq) for seq in finished]
+        return [self.make_output(seq) for seq in finished_requests(finished)]
+
+    def _run(self, plan: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """The step's logits. If the batched forward fails, each sequence runs alone and only
+        those that fail again are removed (reported with ``finish_reason="error"``); the plan
+        keeps the others, so one bad request never stops the batch."""
+        chunks = self._chunk_inputs(plan)
+        try:
+            return self.runner.execute(chunks), []
+        except Exception:  # noqa: BLE001 (which request is at fault is found below)
+            pass
+        kept, rows, failed = [], [], []
+        for c, chunk in zip(plan.chunks, chunks, strict=False):  # static padding rows are dropped
+            try:
+                rows.append(self.runner.execute([chunk]))
+                kept.append(c)
+            except Exception as err:  # noqa: BLE001
+                failed += self._fail(c.seq, err)
+        plan.chunks, plan.padding = kept, []
+        return (torch.cat(rows) if rows else None), failed
+
+    def _fail(self, seq: Sequence, err: BaseException) -> list[Sequence]:
+        """Remove ``seq`` from the engine (blocks freed) and record why, for its output alone."""
+        self.scheduler.abort(seq.request_id)
+        seq.error = f"{type(err).__name__}: {err}"
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, "error"
+        seq.metrics.finish_time = time.perf_counter()
+        return [seq]
 
     def _chunk_inputs(self, plan: SchedulerOutput) -> list[ChunkInput]:
         chunks = []
@@ -179,14 +222,37 @@ class LLMEngine:
                 sampling.append(seq)
         if not sampling:
             return []
-        tokens, chosen, logprobs = sample(logits, sampling)
-        finished = []
-        for row, seq in enumerate(sampling):
-            finished += self._append(seq, tokens[row], chosen[row], logprobs[row], now)
+        sampling, rows = self.scheduler.fork_pending(sampling)  # n > 1: siblings share the prompt's blocks
+        self.sequences.update((s.request_id, s) for s in sampling)
+        drawn, finished = self._sample(logits[rows] if len(rows) > logits.shape[0] else logits, sampling)
+        for seq, (token, chosen, logprobs) in drawn:
+            try:
+                finished += self._append(seq, token, chosen, logprobs, now)
+            except Exception as err:  # noqa: BLE001 (stop checks, detokenizing: this request only)
+                finished += self._fail(seq, err)
         return finished
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list, list[Sequence]]:
+        """``[(seq, (token, logprob, row logprobs))]`` and the failed sequences: the batch at once,
+        or row by row when a row breaks the batched draw."""
+        try:
+            tokens, chosen, logprobs = sample(logits, seqs)
+            return list(zip(seqs, zip(tokens, chosen, logprobs, strict=True), strict=True)), []
+        except Exception:  # noqa: BLE001
+            pass
+        drawn, failed = [], []
+        for row, seq in enumerate(seqs):
+            try:
+                tokens, chosen, logprobs = sample(logits[row:row + 1], [seq])
+                drawn.append((seq, (tokens[0], chosen[0], logprobs[0])))
+            except Exception as err:  # noqa: BLE001
+                failed += self._fail(seq, err)
+        return drawn, failed
 
     def _append(self, seq: Sequence, token: int, logprob: float, logprobs: torch.Tensor, now: float) -> list[Sequence]:
         seq.append_token(token)
+        if seq.detokenizer is not None:
+            seq.detokenizer.update(seq.output_token_ids)
         if seq.metrics.first_token_time is None:
             seq.metrics.first_token_time = now
         seq.cumulative_logprob += logprob
@@ -203,13 +269,9 @@ class LLMEngine:
         if token in p.stop_token_ids:
             seq.stop_reason = token
             return "stop"
-        if p.stop:
-            text = self.decode(seq.output_token_ids)
-            hits = [(text.find(s), s) for s in p.stop if s in text]
-            if hits:
-                at, s = min(hits)
-                seq.output_text, seq.stop_reason = text[:at], s
-                return "stop"
+        if seq.detokenizer is not None and seq.detokenizer.stop_hit is not None:
+            seq.output_text, seq.stop_reason = seq.detokenizer.text, seq.detokenizer.stop_hit
+            return "stop"
         if len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
@@ -240,15 +302,30 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- outputs
     def make_output(self, seq: Sequence) -> RequestOutput:
-        completion = CompletionOutput(
-            index=0, text=seq.output_text, token_ids=list(seq.output_token_ids),
-            cumulative_logprob=seq.cumulative_logprob, logprobs=seq.logprobs,
-            finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
-        )
+        completions = [CompletionOutput(
+            index=s.index, text=s.output_text, token_ids=list(s.output_token_ids),
+            cumulative_logprob=s.cumulative_logprob, logprobs=s.logprobs,
+            finish_reason=s.finish_reason, stop_reason=s.stop_reason,
+        ) for s in seq.samples()]
         return RequestOutput(
             request_id=seq.request_id, prompt=seq.prompt, prompt_token_ids=list(seq.prompt_token_ids),
-            outputs=[completion], finished=seq.is_finished, metrics=seq.metrics, error=seq.error,
+            outputs=completions, finished=seq.is_finished, metrics=seq.metrics, error=seq.error,
         )
+
+
+def token_id_list(prompt: Any) -> list[int]:
+    """A prompt of token ids as a list of ints; a float (1.7) or a non-number is a TypeError, not truncated."""
+    if isinstance(prompt, (bytes, dict)) or not hasattr(prompt, "__iter__"):
+        raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
+    ids = []
+    for t in prompt:
+        if isinstance(t, (bool, float)) or getattr(t, "is_floating_point", lambda: False)():
+            raise TypeError(f"prompt token ids must be integers, got {t!r}")
+        try:
+            ids.append(operator.index(t))
+        except TypeError:
+            raise TypeError(f"prompt token ids must be integers, got {type(t).__name__} {t!r}") from None
+    return ids
 
 
 def _generator(seed: int | None) -> torch.Generator:

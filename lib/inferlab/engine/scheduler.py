@@ -85,13 +85,38 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def abort(self, request_id: str) -> Sequence | None:
+        """Remove a request (all its samples when n > 1) and free its blocks; returns its first sequence."""
+        found = None
         for queue in (self.waiting, self.running):
             for seq in list(queue):
-                if seq.request_id == request_id:
+                group = seq.group.request_id if seq.group is not None else seq.request_id
+                if group == request_id:
                     queue.remove(seq)
                     self.blocks.free(seq)
-                    return seq
-        return None
+                    if seq.request_id == request_id:
+                        found = seq
+                    else:
+                        seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+        return found
+
+    def fork_pending(self, sampling: list[Sequence]) -> tuple[list[Sequence], list[int]]:
+        """Parallel sampling: fork the siblings of every sequence whose prompt was just computed.
+
+        Returns the sequences to sample and, for each, its row in the step's logits (a
+        sibling samples from its parent's row: same prompt, same distribution).
+        """
+        seqs, rows = [], []
+        for row, seq in enumerate(sampling):
+            seqs.append(seq)
+            rows.append(row)
+            while seq.num_pending_forks:
+                child = seq.fork(len(seq.group.seqs))
+                seq.num_pending_forks -= 1
+                self.blocks.fork(seq, child)
+                self.running.insert(self.running.index(seq) + 1, child)
+                seqs.append(child)
+                rows.append(row)
+        return seqs, rows
 
     # ---------------------------------------------------------------- scheduling
     def schedule(self) -> SchedulerOutput:
