@@ -29,6 +29,28 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": med, "min": low, "max": high, "relative_spread": (high - low) / med if med else float("nan")}
 
 
+def compare_runs(baseline: Sequence[float], candidate: Sequence[float]) -> dict[str, float | str]:
+    """How many times faster ``candidate`` ran than ``baseline`` (seconds, one value per run), and whether the runs agree.
+
+    Runs of the same index are paired (interleaved runs share the machine's load), so the ratio's
+    range is that of the per-run ratios. ``verdict`` is "faster" or "slower" only when every run
+    says so, and "too noisy to conclude" when the range straddles 1 or there is a single run.
+    """
+    if len(baseline) == len(candidate):
+        ratios = [b / c for b, c in zip(baseline, candidate)]
+    else:
+        ratios = [min(baseline) / max(candidate), max(baseline) / min(candidate)]
+    ratio = statistics.median(baseline) / statistics.median(candidate)
+    low, high = min(ratios), max(ratios)
+    if min(len(baseline), len(candidate)) < 2:
+        verdict = "too noisy to conclude (one run)"
+    else:
+        verdict = "faster" if low > 1 else "slower" if high < 1 else "too noisy to conclude"
+    text = f"{ratio:.2f}x (runs: {low:.2f}-{high:.2f}x)"
+    return {"ratio": ratio, "low": low, "high": high, "verdict": verdict,
+            "text": text + ("" if verdict in ("faster", "slower") else f": {verdict}")}
+
+
 def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
     """Pearson chi-square goodness of fit of ``counts`` to ``probs``; bins expected below ``min_expected`` are pooled.
 

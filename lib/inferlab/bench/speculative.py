@@ -120,7 +120,7 @@ def _summarize(seconds, tokens, stats, k, temperature) -> dict:
     rows = {}
     for name in med:
         row = {"seconds": med[name], "tokens": tokens[name], "tokens_per_s": tps[name],
-               "speedup_vs_plain": tps[name] / tps["plain"]}
+               "speedup_vs_plain": tps[name] / tps["plain"], "seconds_per_run": list(seconds[name])}
         if stats[name] and name != "plain":
             row.update(_speculative_stats(stats[name], k, plain_step))
             if temperature == 0:

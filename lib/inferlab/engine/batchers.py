@@ -56,7 +56,7 @@ class _EngineBatcher:
 
 
 class ContinuousBatcher(_EngineBatcher):
-    """The seed's ``ContinuousBatcher`` interface on the real engine (iteration-level scheduling)."""
+    """The widely copied tutorial's ``ContinuousBatcher`` interface on the real engine (iteration-level scheduling)."""
 
     policy = "continuous"
 

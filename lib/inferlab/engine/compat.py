@@ -1,6 +1,6 @@
-"""``VLLMInference``: the seed lesson's wrapper class, working, on our engine.
+"""``VLLMInference``: a widely copied tutorial's wrapper class, working, on our engine.
 
-The seed's version wrapped vLLM with ``trust_remote_code=True`` (running code from the hub
+The tutorial's version wrapped vLLM with ``trust_remote_code=True`` (running code from the hub
 by default) and its ``streaming_generate`` read ``self.model_name``, which ``__init__``
 never stored, then stopped at a comment. Here the name is kept, remote code stays off, and
 streaming really streams (text deltas from :meth:`inferlab.engine.LLM.stream`).

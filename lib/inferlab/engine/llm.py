@@ -91,11 +91,17 @@ class LLM:
         ids, rejected = self._add_all(prompts, params)
         done: dict[str, RequestOutput] = {}
         bar = _progress(use_tqdm, len(ids) - len(rejected))
-        while self.engine.has_unfinished_requests():
-            for out in self.engine.step():
-                done[out.request_id] = out
-                if bar is not None:
-                    bar.update(1)
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    done[out.request_id] = out
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException:  # interrupted (Ctrl-C) or an engine bug: leave nothing queued behind
+            for rid in ids:
+                if rid is not None and rid not in done:
+                    self.engine.abort_request(rid)
+            raise
         if bar is not None:
             bar.close()
         return [rejected[i] if i in rejected else done[rid] for i, rid in enumerate(ids)]
@@ -119,8 +125,8 @@ class LLM:
                 except RequestTooLarge as err:
                     warnings.warn(f"request {i} rejected: {err}", stacklevel=3)
                     ids.append(None)
-                    rejected[i] = _rejected_output(str(i), prompt, str(err))
-        except ValueError:
+                    rejected[i] = _rejected_output(str(i), prompt, str(err), err.prompt_token_ids)
+        except (ValueError, TypeError):  # a bad request leaves nothing of the call queued
             for rid in ids:
                 if rid is not None:
                     self.engine.abort_request(rid)
@@ -192,8 +198,8 @@ def _per_prompt(params, n: int) -> list[SamplingParams]:
     return params
 
 
-def _rejected_output(request_id: str, prompt: Any, error: str) -> RequestOutput:
+def _rejected_output(request_id: str, prompt: Any, error: str, token_ids: list[int] | None = None) -> RequestOutput:
     text = prompt if isinstance(prompt, str) else None
-    ids = [] if isinstance(prompt, str) else list(prompt)
+    ids = list(token_ids) if token_ids is not None else [] if isinstance(prompt, str) else list(prompt)
     completion = CompletionOutput(index=0, text="", token_ids=[], finish_reason="rejected")
     return RequestOutput(request_id, text, ids, [completion], finished=True, metrics=RequestMetrics(0.0), error=error)

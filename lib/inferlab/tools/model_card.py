@@ -130,3 +130,21 @@ def model_card(report: dict) -> str:
     sections = (summary, corpus_section, training_section, speculative_section, completions_section)
     lines = [line for section in sections for line in section(report)]
     return "\n".join([*lines, "Full numbers: `training.json` beside this file.", ""])
+
+
+def load_report() -> dict:
+    """The training report of the embedded models (data/models/training.json)."""
+    import json
+
+    from inferlab.paths import data_dir
+
+    return json.loads((data_dir() / "models" / "training.json").read_text())
+
+
+def data_limit_sentence(report: dict) -> str:
+    """Why ``tiny`` loops under greedy decoding, in numbers read from its training report."""
+    t, cfg, corpus = report["models"]["tiny"], report["train_config"], report["corpus"]
+    return (f"tiny has {t['parameters'] / 1e6:.1f} M parameters and saw {corpus['train_tokens'] / 1e6:.1f} M tokens of "
+            f"standard-library code. Its held-out perplexity ({t['heldout_perplexity']:.1f}) stopped improving at step "
+            f"{t['kept_step']:,} of {cfg['target_steps']:,}, so more steps would not help: it is short of data, "
+            "not of training.")

@@ -7,6 +7,8 @@
 - ``python -m inferlab.tools.notebooks run notebooks --out build``: execute every notebook into
   build/ and print notebook, seconds, peak memory (RSS of the kernel) and status; exits
   non-zero if any notebook fails (``make run``).
+- ``python -m inferlab.tools.notebooks images notebooks/NN_name.ipynb``: add the static PNGs to a
+  stored notebook without executing it again (``build`` does this itself).
 - ``python -m inferlab.tools.notebooks check notebooks``: the hygiene checks that the tests run.
 """
 
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("folder", type=Path, nargs="?", default=Path("notebooks"))
     r.add_argument("--out", type=Path, default=Path("build"))
     r.add_argument("--pattern", default="*.ipynb")
+    im = sub.add_parser("images", help="add the static PNG beside each plotly figure of stored notebooks (no re-run)")
+    im.add_argument("paths", nargs="+", type=Path)
     c = sub.add_parser("check", help="hygiene checks of stored notebooks")
     c.add_argument("folder", type=Path, nargs="?", default=Path("notebooks"))
     args = parser.parse_args(argv)
@@ -313,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "run":
         return run_all(args.folder, args.out, args.pattern)
+    if args.cmd == "images":
+        import nbformat
+
+        for path in args.paths:
+            write(add_static_images(nbformat.read(path, as_version=4)), path)
+            print(f"static images added to {path}")
+        return 0
     bad = 0
     for path in sorted(args.folder.glob("*.ipynb")):
         problems = check_notebook(path)

@@ -99,8 +99,24 @@ def _plan_and_view(model: str, seq_len: int, batch_size: int, kv_dtype: str, tp_
     calculator_view(plan, gpu, batch_size)
 
 
-def calculator(**defaults: Any):
-    """The interactive calculator (ipywidgets). Without a widget manager, draws the defaults once."""
+def _with_static_view(widget, start: dict[str, Any]) -> None:
+    """Display ``widget`` once, its output bundle also carrying a PNG and a text of the default state,
+    which GitHub, nbviewer and offline HTML show where no widget manager runs."""
+    from IPython.display import display
+
+    from inferlab.viz.static import figure_png_base64
+
+    plan = kv.memory_plan(start["model"], configs.gpu_memory_bytes(start["gpu"]), start["seq_len"], start["kv_dtype"],
+                          tp_size=start["tp_size"], batch_size=start["batch_size"])
+    bundle = dict(widget._repr_mimebundle_())
+    bundle["image/png"] = figure_png_base64(memory_figure(plan, start["gpu"]))
+    bundle["text/plain"] = "The calculator at its default setting (run the notebook to move its controls):\n" + \
+        describe_plan(plan, start["gpu"], start["batch_size"])
+    display(bundle, raw=True)
+
+
+def calculator(**defaults: Any) -> None:
+    """The interactive calculator (ipywidgets), drawn once. Without a widget manager, draws the defaults."""
     from inferlab.viz import widgets_available
 
     start = {"model": "llama-3-8b", "seq_len": 8192, "batch_size": 16, "kv_dtype": "float16",
@@ -117,7 +133,7 @@ def calculator(**defaults: Any):
         tp_size=w.Dropdown(options=[1, 2, 4, 8, 16], value=start["tp_size"], description="TP degree"),
         gpu=w.Dropdown(options=list(configs.GPUS), value=start["gpu"], description="GPU"),
     )
-    return w.interact(_plan_and_view, **controls)
+    _with_static_view(w.interactive(_plan_and_view, **controls), start)
 
 
 def gqa_myth_figure(rows: list[dict[str, Any]], dtype: str = "float16"):
@@ -198,6 +214,21 @@ def decode_batch_figure(results: dict[str, dict[str, Any] | None]):
         fig.update_yaxes(type="log", title_text="tokens / s", row=1, col=col)
     fig.update_layout(title="Decode throughput vs batch size", height=450)
     return fig
+
+
+def recorded_decode_sentence(res: dict[str, Any]) -> str:
+    """What the recorded GPU run says about batch-1 decode, every number read from it (no prose numbers typed by hand)."""
+    bw, gen = res["copy_bandwidth"]["bytes_per_s"], res["generate"]["tokens_per_s"]
+    bound, ours = res["batch1_bound_tokens_per_s"], res["decode"][0]["tokens_per_s"]
+    text = (f"The recorded run ({res['model']}, {res['dtype']}) streams {res['weight_bytes_per_step'] / 1e9:.2f} GB of "
+            f"weights per batch-1 step; at its measured {bw / 1e12:.1f} TB/s that allows about {bound:,.0f} tokens/s. "
+            f"Measured: an eager decode step {ours:,.1f} tokens/s and transformers `generate` {gen:,.1f} tokens/s, "
+            f"{bound / gen:,.0f}x below the bound.")
+    static = res.get("generate_static") or {}
+    if "tokens_per_s" in static:
+        text += (f" `generate` with a static cache, compiled into CUDA graphs, makes {static['tokens_per_s']:,.0f} "
+                 f"tokens/s ({static['tokens_per_s'] / gen:,.0f}x more, same weights, same memory traffic).")
+    return text
 
 
 def roofline_text(res: dict[str, Any], label: str) -> str:

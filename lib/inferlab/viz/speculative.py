@@ -61,3 +61,28 @@ def distribution_figure(tokenizer, target_probs: torch.Tensor, frequencies: dict
     fig.update_layout(barmode="group", height=360, yaxis_title="probability", xaxis_title="first generated token",
                       title="First-token distribution: exact target vs samplers")
     return fig
+
+
+def _span(values, fmt: str = "{:.2f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def recorded_speedup_sentence(record: dict, method: str = "ours") -> str:
+    """The greedy rows of a recorded ``bench speculative`` run in one sentence, every number read from it."""
+    rows = [r["methods"][method] for r in record["results"] if r["temperature"] == 0.0 and method in r["methods"]]
+    ks = [r["k"] for r in record["results"] if r["temperature"] == 0.0 and method in r["methods"]]
+    get = lambda key: [row[key] for row in rows]  # noqa: E731
+    return (f"In the recorded {record['device']} sweep ({record['model']} with {record['draft_model']}, greedy, "
+            f"k = {', '.join(map(str, ks))}): alpha {_span(get('alpha'))}, c {_span(get('cost_ratio_c'))}; the "
+            f"formula predicts {_span(get('predicted_speedup'))}x and the measurement gives "
+            f"{_span(get('speedup_vs_plain'))}x, because verifying k + 1 tokens cost "
+            f"{_span(get('verify_over_plain_step'))} target steps instead of one. Charged that cost, the formula "
+            f"predicts {_span(get('predicted_speedup_with_verify_cost'))}x.")
+
+
+def best_draft_sentence(tokens_per_call: dict[str, float]) -> str:
+    """Which drafting method yielded the most tokens per target call (the others beside it)."""
+    ranked = sorted(tokens_per_call.items(), key=lambda kv: -kv[1])
+    rest = ", ".join(f"{name} {value:.2f}" for name, value in ranked[1:])
+    return f"Most tokens per target call here: {ranked[0][0]} ({ranked[0][1]:.2f}; {rest})."
