@@ -7,12 +7,19 @@
 - :mod:`~inferlab.attention.backends`  backends by name: ``reference``, ``sdpa`` (Triton, flash: later)
 - :mod:`~inferlab.attention.sdpa`      the SDPA backend the engine runs by default
 - :mod:`~inferlab.attention.hf`        ``hf_paged_attention``: a transformers model on our paged cache
+- :mod:`~inferlab.attention.naive`     ``naive_attention``: the score matrix in memory; notebook 07
+- :mod:`~inferlab.attention.flash`     ``flash_attention``: FlashAttention's tiles and online softmax in
+  PyTorch, and the engine's ``flash`` backend; notebook 07
+- :mod:`~inferlab.attention.flash_triton`  ``flash_attention_triton``: the same as a Triton kernel
 """
 
 from inferlab.attention.backends import BACKENDS, get_backend
+from inferlab.attention.flash import flash_attention
+from inferlab.attention.flash_triton import flash_attention_triton
 from inferlab.attention.hf import hf_paged_attention
 from inferlab.attention.layer import Attention
 from inferlab.attention.metadata import AttentionMetadata
+from inferlab.attention.naive import naive_attention
 from inferlab.attention.paged import (
     PagedKVCache,
     block_tables_tensor,
@@ -25,4 +32,5 @@ from inferlab.attention.paged import (
 __all__ = [
     "BACKENDS", "Attention", "AttentionMetadata", "PagedKVCache", "block_tables_tensor", "gather_kv",
     "get_backend", "hf_paged_attention", "paged_attention", "paged_attention_prefill", "slot_mapping_tensor",
+    "flash_attention", "flash_attention_triton", "naive_attention",
 ]

@@ -15,7 +15,7 @@ BACKENDS: dict[str, str] = {
     "reference": "inferlab.attention.paged:attend",  # float32, explicit masks: the one to test against
     "sdpa": "inferlab.attention.sdpa:attend",  # torch SDPA over gathered slots: the engine's default
     # "triton": "inferlab.attention.paged_triton:attend",
-    # "flash": "inferlab.attention.flash:attend",
+    "flash": "inferlab.attention.flash:attend",  # prefill through FlashAttention's tiles, decode through SDPA
 }
 
 
