@@ -196,20 +196,12 @@ gqa_myth_figure(per_token_table(["llama-2-7b", "llama-3-8b", "mistral-7b", "qwen
 # $TP = n_{kv}$ heads are replicated, so the per-GPU cache stops shrinking. (An MLA latent is
 # replicated on every GPU.)
 
-# %%
-from inferlab.viz.kvcache import calculator, calculator_view
-
-_ = calculator(model=CALC_MODEL, seq_len=CALC_CONTEXT, batch_size=CALC_BATCH, gpu=CALC_GPU)
-
-# %% [markdown]
-# Without a live widget (on GitHub, nbviewer), here is the default setting, drawn once:
+# (Read without a running kernel, on GitHub or nbviewer, the cell shows a picture of its default setting.)
 
 # %%
-from inferlab.configs import gpu_memory_bytes
-from inferlab.kvcache import memory_plan
+from inferlab.viz.kvcache import calculator
 
-plan = memory_plan(CALC_MODEL, gpu_memory_bytes(CALC_GPU), CALC_CONTEXT, batch_size=CALC_BATCH)
-fig = calculator_view(plan, CALC_GPU, CALC_BATCH)
+calculator(model=CALC_MODEL, seq_len=CALC_CONTEXT, batch_size=CALC_BATCH, gpu=CALC_GPU)
 
 # %% [markdown]
 # How many 8K-token users fit, GPU by GPU, with the weights in bf16, for a GQA model and an
@@ -277,8 +269,9 @@ context_sweep_figure(contexts, {m: [kv_cache_bytes(m, c, 1, "float16") for c in 
 #   with bf16 weights $I \approx$ batch size (2 FLOPs per 2-byte weight per sequence), minus
 #   what the cache adds.
 #
-# An H200 does ~989 dense bf16 TFLOP/s and moves 4.8 TB/s: its ridge is ~206 FLOP/byte.
-# Here is the Llama-3.2-1B shape from its config (bf16 weights and cache):
+# NVIDIA's H200 datasheet gives 989 dense bf16 TFLOP/s (1,979 with 2:4 sparsity) and 4.8 TB/s of
+# HBM3e bandwidth; the ridge is their ratio (printed below). Here is the Llama-3.2-1B shape from its
+# config (bf16 weights and cache):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -340,24 +333,29 @@ decode_batch_figure(runs).show()
 # - In the roofline, prefill points (diamonds) move right with prompt length and climb toward
 #   the flat compute roof; decode points (circles) sit on the left, under the bandwidth slope,
 #   moving right as the batch grows.
-# - On the GPU, batch-1 decode is far below even the bandwidth bound: the recorded H200 run
-#   streams 2.47 GB of weights per step, so 4.2 TB/s would allow ~1,700 tokens/s, yet
-#   transformers `generate` makes about 70. Each step launches hundreds of small kernels from
-#   Python; at batch 1 that launch overhead, not memory, is the wall. Batching amortizes it
-#   (throughput climbs almost linearly with batch), and CUDA graphs and fused kernels, as in
-#   vLLM, remove most of it. The recorded run also times `generate` with a static cache, which
-#   transformers compiles into CUDA graphs on a GPU (the second star): the distance between the
-#   two stars is launch overhead, not memory traffic. At large batches another cost appears that the bound leaves out:
+# - On the GPU, batch-1 decode is far below even the bandwidth bound (the numbers are printed
+#   below, from the recorded run). Each step launches hundreds of small kernels from Python; at
+#   batch 1 that launch overhead, not memory, is the wall. Batching amortizes it (throughput
+#   climbs with batch), and CUDA graphs and fused kernels, as in vLLM, remove most of it. The
+#   recorded run also times `generate` with a static cache, which transformers compiles into CUDA
+#   graphs on a GPU (the second star): the distance between the two stars is launch overhead, not
+#   memory traffic. At large batches another cost appears that the bound leaves out:
 #   transformers' `DynamicCache` grows by concatenation, so every step also copies the cache.
 # - A CPU has a low ridge (a few FLOP per byte: modest arithmetic, decent bandwidth), so the tiny
 #   model's decode crosses it after a handful of sequences and its bound turns into a compute
-#   bound (the flat part of the dashed line). Its 27 MB of fp32 weights are small and each step
-#   runs dozens of tiny PyTorch operations, so per-step Python overhead dominates at small
-#   batches and the measured points sit far under the roof here too.
-#
+#   bound (the flat part of the dashed line). Its weights are small (the live line above prints
+#   their size) and each step runs dozens of tiny PyTorch operations, so per-step Python overhead
+#   dominates at small batches and the measured points sit far under the roof here too.
+
+# %%
+from inferlab.viz.kvcache import recorded_decode_sentence
+
+print(recorded_decode_sentence(recorded) if recorded else "No recorded GPU run yet.")
+
+# %% [markdown]
 # | what is often said | what we measured |
 # | --- | --- |
-# | "Decode is memory-bound" | Its *ceiling* is set by bandwidth (weights + KV bytes per step). In eager PyTorch at batch 1 it does not even reach that ceiling: the recorded H200 run is launch-bound, ~70 of ~1,700 tokens/s. |
+# | "Decode is memory-bound" | Its *ceiling* is set by bandwidth (weights + KV bytes per step). In eager PyTorch at batch 1 it does not even reach that ceiling: the recorded H200 run is launch-bound (the line above gives its numbers). |
 # | "Generate one token at a time: low GPU utilization" | True, and batching is the remedy: more sequences per weight read raise the intensity until the KV cache, which is read per sequence, dominates the bytes. |
 
 # %% [markdown]
@@ -368,13 +366,11 @@ decode_batch_figure(runs).show()
 # `head_dim`). The checker tries six models, MHA to MQA.
 
 # %%
-from inferlab.exercises.kvcache import check_decode_bound, check_kv_per_token, check_max_sequences
+from inferlab.exercises.kvcache import check_decode_bound, check_kv_per_token, check_max_sequences, solution
 
 
 def kv_per_token(config, bytes_per_element):
-    # your code here
-    return (2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"]
-            * bytes_per_element)
+    raise NotImplementedError("your code here")  # stuck? solution("kv_per_token")
 
 
 check_kv_per_token(kv_per_token)
@@ -385,8 +381,7 @@ check_kv_per_token(kv_per_token)
 # sequences fit at once?
 
 # %%
-mem = 81920 * 2**20
-answer = int((mem - int(0.1 * mem) - 8_030_261_248 * 2) // (8192 * 128 * 1024))  # your answer
+answer = None  # your answer, a whole number of sequences; stuck? solution("max_sequences")
 check_max_sequences(answer, model="llama-3-8b", gpu="A100 80 GB", seq_len=8192)
 
 # %% [markdown]
@@ -394,7 +389,7 @@ check_max_sequences(answer, model="llama-3-8b", gpu="A100 80 GB", seq_len=8192)
 # weights per decode step. What is the most tokens per second batch-1 decode can reach?
 
 # %%
-answer = 4.8e12 / 2.47e9  # your answer, tokens per second
+answer = None  # your answer, tokens per second; stuck? solution("decode_bound")
 check_decode_bound(answer, model="llama-3.2-1b", bandwidth=4.8e12)
 
 # %% [markdown]

@@ -194,7 +194,7 @@ def run_one(path: Path, out_dir: Path, timeout: int = 900) -> dict:
     env = {**os.environ, **EXEC_ENV}
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak, cpu = 0, {}
     me = psutil.Process(child.pid)
 
     def sample():
@@ -203,6 +203,9 @@ def run_one(path: Path, out_dir: Path, timeout: int = 900) -> dict:
             try:
                 kernels = [p for p in me.children(recursive=True)]
                 peak = max(peak, sum(p.memory_info().rss for p in kernels if p.is_running()))
+                for p in kernels:  # CPU seconds used by the kernel: what wall time would be on idle cores
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -214,17 +217,18 @@ def run_one(path: Path, out_dir: Path, timeout: int = 900) -> dict:
     seconds = time.perf_counter() - t0
     status = "ok" if child.returncode == 0 else "FAILED"
     detail = [] if child.returncode == 0 else (stderr or stdout).strip().splitlines()[-1:]
-    return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20), "status": status,
+    return {"notebook": path.name, "seconds": round(seconds, 1), "cpu_seconds": round(sum(cpu.values()), 1),
+            "peak_rss_mb": round(peak / 2**20), "status": status,
             "error": detail[0] if detail else ""}
 
 
 def run_all(nb_dir: Path, out_dir: Path, pattern: str = "*.ipynb") -> int:
     rows = [run_one(p, out_dir) for p in sorted(nb_dir.glob(pattern))]
-    header = f"{'notebook':<40} {'seconds':>8} {'peak RSS (MB)':>14}  status"
+    header = f"{'notebook':<40} {'seconds':>8} {'kernel CPU s':>12} {'peak RSS (MB)':>14}  status"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['notebook']:<40} {r['seconds']:>8.1f} {r['peak_rss_mb']:>14}  {r['status']} {r['error']}")
+        print(f"{r['notebook']:<40} {r['seconds']:>8.1f} {r['cpu_seconds']:>12.1f} {r['peak_rss_mb']:>14}  {r['status']} {r['error']}")
     (out_dir / "run.json").write_text(json.dumps(rows, indent=2) + "\n")
     failed = [r for r in rows if r["status"] != "ok"]
     if not rows:
