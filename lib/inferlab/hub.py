@@ -70,6 +70,25 @@ def _not_found(name_or_path, err: OSError) -> ModelNotFound:
                          f"embedded name or a folder with config.json + model.safetensors. ({err.__class__.__name__}: {err})")
 
 
+def snapshot(name_or_path: str | os.PathLike, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder with the model's files: embedded, a folder, or a hub id (downloaded, or from the cache).
+
+    The one path from a name to files for the engine: anything that cannot be found is a
+    :class:`ModelNotFound` naming it, as :func:`load_model` says it, not the hub client's error.
+    """
+    path = Path(resolve_model_path(name_or_path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"{str(name_or_path)!r} is a folder without a config.json, not a model checkpoint")
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns, local_files_only=offline()))
+    except (OSError, ValueError) as err:  # not cached offline, no such repo, no network, not a valid id
+        raise _not_found(name_or_path, err) from err
+
+
 def load_tokenizer(name_or_path: str | os.PathLike = "tiny", trust_remote_code: bool = False):
     """The tokenizer of a model name or path, with a pad token (the EOS token when it has none)."""
     from transformers import AutoTokenizer

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferlab.checks import GREEDY_TEMPERATURE, MAX_SEED, check_integer, check_number, token_id_list
 from inferlab.device import synchronize
 from inferlab.hf_compat import cache_keyword, crop_cache, new_dynamic_cache
 from inferlab.sampling import sample_token, warp_probabilities
@@ -97,11 +98,27 @@ def _check_k(k: int) -> None:
         )
 
 
-def _check_temperature(temperature: float, top_p: float) -> None:
-    if temperature is None or temperature < 0:
+def _check_temperature(temperature: float, top_p: float) -> float:
+    """The temperature to use (below 1e-5: 0, greedy, as the engine and vLLM treat it); bad values named."""
+    check_number("temperature", temperature)
+    if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0 (0 means greedy), got {temperature!r}")
+    check_number("top_p", top_p)
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}; use 1.0 to switch it off")
+    return 0.0 if temperature < GREEDY_TEMPERATURE else float(temperature)
+
+
+def _check_run(max_new_tokens: int, seed: int | None, eos_token_id: int | None) -> None:
+    check_integer("max_new_tokens", max_new_tokens)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+    if seed is not None:
+        check_integer("seed", seed)
+        if not 0 <= seed < MAX_SEED:
+            raise ValueError(f"seed must be None or an integer in [0, 2**64), got {seed!r}")
+    if eos_token_id is not None:
+        check_integer("eos_token_id", eos_token_id)
 
 
 @dataclass
@@ -304,22 +321,52 @@ class _CachedModel:
             crop_cache(self.cache, used)
 
 
-def _as_batch(input_ids, attention_mask, pad_id: int, device):
-    """Normalize prompts to left-padded (B, P) ids and mask; accepts a tensor or lists of ids."""
+def _as_batch(input_ids, attention_mask, pad_id: int, device, vocab: int):
+    """Normalize prompts to left-padded (B, P) ids and mask; accepts a tensor or lists of ids.
+
+    Every row needs at least one token, every id must be an integer in ``[0, vocab)``
+    (TypeError/ValueError naming ``input_ids`` otherwise, not an IndexError from the embedding).
+    """
     if isinstance(input_ids, torch.Tensor):
-        ids = input_ids.unsqueeze(0) if input_ids.dim() == 1 else input_ids
-        mask = torch.ones_like(ids) if attention_mask is None else attention_mask.reshape(ids.shape)
-        ids, mask = ids.to(device).long(), mask.to(device).long()
-        if bool((mask[:, -1] == 0).any()):
-            raise ValueError(
-                "the prompts look right-padded (attention_mask ends in 0); pad on the left "
-                "(tokenizer.padding_side = 'left') or pass a list of token-id lists"
-            )
-        return ids, mask
-    rows = [list(map(int, r)) for r in (input_ids if input_ids and not isinstance(input_ids[0], int) else [input_ids])]
+        ids, mask = _tensor_batch(input_ids, attention_mask)
+    else:
+        ids, mask = _list_batch(input_ids, pad_id)
+    empty = [r for r in range(ids.shape[0]) if not bool(mask[r].any())]
+    if ids.numel() == 0 or empty:
+        raise ValueError(f"input_ids must hold at least one token per row (empty rows: {empty or 'all'})")
+    real = ids[mask.bool()]
+    if int(real.min()) < 0 or int(real.max()) >= vocab:
+        raise ValueError(f"input_ids must be token ids in [0, {vocab}), got {int(real.min())}..{int(real.max())}")
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_id))  # padding never reaches the embedding as-is
+    return ids.to(device), mask.to(device)
+
+
+def _tensor_batch(input_ids: torch.Tensor, attention_mask):
+    if input_ids.dtype in (torch.bool,) or input_ids.is_floating_point() or input_ids.is_complex():
+        raise TypeError(f"input_ids must hold integer token ids, got a {input_ids.dtype} tensor")
+    if input_ids.dim() not in (1, 2):
+        raise ValueError(f"input_ids must be 1-D or 2-D (batch, length), got shape {tuple(input_ids.shape)}")
+    ids = input_ids.unsqueeze(0) if input_ids.dim() == 1 else input_ids
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask.reshape(ids.shape)
+    ids, mask = ids.long(), mask.long()
+    if ids.shape[1] and bool((mask[:, -1] == 0).any()):
+        raise ValueError(
+            "the prompts look right-padded (attention_mask ends in 0); pad on the left "
+            "(tokenizer.padding_side = 'left') or pass a list of token-id lists"
+        )
+    return ids, mask
+
+
+def _list_batch(input_ids, pad_id: int):
+    if isinstance(input_ids, (str, bytes)) or not hasattr(input_ids, "__len__"):
+        raise TypeError(f"input_ids must be a tensor or lists of token ids, got {type(input_ids).__name__}")
+    if len(input_ids) == 0:
+        raise ValueError("input_ids must not be empty")
+    nested = hasattr(input_ids[0], "__iter__") and not isinstance(input_ids[0], str)
+    rows = [token_id_list(r, "input_ids") for r in (input_ids if nested else [input_ids])]
     width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long).reshape(len(rows), width)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long).reshape(len(rows), width)
     return ids, mask
 
 
@@ -357,6 +404,10 @@ class _DecoderBase:
     def _draft_stats(self) -> tuple[int, float]:
         return 0, 0.0
 
+    def _vocab_limit(self) -> int:
+        """Token ids every model of this decoder can embed."""
+        return self.target.get_input_embeddings().num_embeddings
+
     @torch.no_grad()
     def generate(
         self,
@@ -373,12 +424,11 @@ class _DecoderBase:
         ``input_ids``: (B, P) tensor, left-padded with ``attention_mask``, or lists of ids.
         ``temperature`` 0 is greedy; ``seed`` fixes the sampling (None: unseeded).
         """
-        _check_temperature(temperature, top_p)
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        temperature = _check_temperature(temperature, top_p)
+        _check_run(max_new_tokens, seed, eos_token_id)
         device = next(self.target.parameters()).device
         pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
-        ids, mask = _as_batch(input_ids, attention_mask, pad_id, device)
+        ids, mask = _as_batch(input_ids, attention_mask, pad_id, device, self._vocab_limit())
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=device)
@@ -549,6 +599,9 @@ class SpeculativeDecoder(_DecoderBase):
     def _draft_stats(self):
         return self._draft.calls, self._draft.seconds
 
+    def _vocab_limit(self) -> int:
+        return min(super()._vocab_limit(), self.draft.get_input_embeddings().num_embeddings)
+
 
 def _shared_vocabulary(target, draft, tokenizer) -> int | None:
     """None when both models score the same vocabulary; else the common width to compare on.
@@ -654,7 +707,7 @@ def first_step_samples(target, draft, input_ids, num_samples: int = 2000, k: int
     scores them in one call, so comparing rules costs a few forward passes.
     """
     _check_k(k)
-    _check_temperature(temperature, top_p)
+    temperature = _check_temperature(temperature, top_p)
     if temperature == 0:
         raise ValueError("first_step_samples compares distributions: use temperature > 0")
     device = next(target.parameters()).device

@@ -9,13 +9,13 @@ tokens, prefill or decode, who was preempted, free blocks), which the notebook d
 
 from __future__ import annotations
 
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from inferlab.checks import token_id_list
 from inferlab.engine.block_manager import BlockManager
 from inferlab.engine.config import EngineConfig
 from inferlab.engine.detokenizer import IncrementalDetokenizer
@@ -23,12 +23,22 @@ from inferlab.engine.model_runner import ChunkInput, ModelRunner
 from inferlab.engine.outputs import CompletionOutput, RequestOutput
 from inferlab.engine.sampling_params import SamplingParams
 from inferlab.engine.scheduler import Scheduler, SchedulerOutput
-from inferlab.engine.sequence import RequestMetrics, Sequence, SequenceGroup, SequenceStatus, finished_requests
+from inferlab.engine.sequence import (
+    RequestMetrics,
+    Sequence,
+    SequenceGroup,
+    SequenceStatus,
+    finished_requests,
+)
 from inferlab.sampling import sample
 
 
 class RequestTooLarge(ValueError):
     """The request could never fit: its tokens need more KV blocks than the whole pool has."""
+
+    def __init__(self, message: str, prompt_token_ids: list[int] | None = None):
+        super().__init__(message)
+        self.prompt_token_ids = prompt_token_ids  # the tokenized prompt, for the rejection's output
 
 
 @dataclass
@@ -61,7 +71,8 @@ class LLMEngine:
         self.engine_config = config = EngineConfig.from_kwargs(config, **settings)
         self.runner, self.tokenizer = runner, tokenizer
         self.config = runner.config
-        if num_blocks is not None and not 0 < num_blocks <= runner.num_blocks:
+        if num_blocks is not None and (isinstance(num_blocks, bool) or not isinstance(num_blocks, int)
+                                       or not 0 < num_blocks <= runner.num_blocks):
             raise ValueError(f"num_blocks must be in [1, {runner.num_blocks}], got {num_blocks!r}")
         pool = num_blocks or runner.num_blocks
         self.block_manager = BlockManager(pool, runner.block_size, config.enable_prefix_caching, runner.copy_block)
@@ -113,6 +124,8 @@ class LLMEngine:
                 raise ValueError("prompt must not be empty")
             ids = self.tokenizer.encode(prompt)
             return prompt, list(ids)
+        if not hasattr(prompt, "__iter__") or isinstance(prompt, (bytes, dict)):
+            raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         ids = token_id_list(prompt)
         if not ids:
             raise ValueError("prompt (token ids) must not be empty")
@@ -139,7 +152,7 @@ class LLMEngine:
                 f"request needs {total} tokens of KV cache ({needed} blocks of "
                 f"{self.block_manager.block_size}) but the whole pool has only "
                 f"{self.block_manager.num_blocks} blocks; lower max_tokens or build the LLM with "
-                "a larger num_kv_blocks"
+                "a larger num_kv_blocks", token_ids,
             )
 
     def abort_request(self, request_id: str) -> None:
@@ -311,21 +324,6 @@ class LLMEngine:
             request_id=seq.request_id, prompt=seq.prompt, prompt_token_ids=list(seq.prompt_token_ids),
             outputs=completions, finished=seq.is_finished, metrics=seq.metrics, error=seq.error,
         )
-
-
-def token_id_list(prompt: Any) -> list[int]:
-    """A prompt of token ids as a list of ints; a float (1.7) or a non-number is a TypeError, not truncated."""
-    if isinstance(prompt, (bytes, dict)) or not hasattr(prompt, "__iter__"):
-        raise TypeError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
-    ids = []
-    for t in prompt:
-        if isinstance(t, (bool, float)) or getattr(t, "is_floating_point", lambda: False)():
-            raise TypeError(f"prompt token ids must be integers, got {t!r}")
-        try:
-            ids.append(operator.index(t))
-        except TypeError:
-            raise TypeError(f"prompt token ids must be integers, got {type(t).__name__} {t!r}") from None
-    return ids
 
 
 def _generator(seed: int | None) -> torch.Generator:

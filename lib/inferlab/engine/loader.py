@@ -55,15 +55,9 @@ def resolve_source(source: Any) -> ModelSource:
 
 def checkpoint_dir(model: str) -> Path:
     """A local folder for an embedded name, a folder, or a hub id (downloaded or from the cache)."""
-    from inferlab.hub import offline, resolve_model_path
+    from inferlab.hub import snapshot  # a clear ModelNotFound naming the model, as load_model gives
 
-    path = Path(resolve_model_path(model))
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-    return Path(snapshot_download(model, allow_patterns=patterns, local_files_only=offline()))
+    return snapshot(model, ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
 
 
 def checkpoint_files(path: Path) -> list[Path]:

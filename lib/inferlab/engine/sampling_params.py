@@ -8,15 +8,10 @@ it would take every other request of the batch down with it.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field
-from typing import Any
 
-# Below this temperature, logits / T overflow (NaN probabilities) long before sampling
-# differs from argmax: treated as greedy, as vLLM does (its _SAMPLING_EPS is 1e-5).
-GREEDY_TEMPERATURE = 1e-5
-MAX_SEED = 2**64  # torch.Generator.manual_seed takes seeds in [0, 2**64)
+from inferlab.checks import GREEDY_TEMPERATURE, MAX_SEED, check_integer, check_number
+
 MAX_TOP_K = 2**31 - 1  # any top_k at or above the vocabulary size means "no limit"
 
 
@@ -67,22 +62,22 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise TypeError/ValueError naming the first bad field."""
-        _check_real("temperature", self.temperature)
+        check_number("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        _check_real("top_p", self.top_p)
+        check_number("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        _check_int("top_k", self.top_k)
+        check_integer("top_k", self.top_k)
         if not -1 <= self.top_k <= MAX_TOP_K:
             raise ValueError(f"top_k must be -1, 0 (both: no limit) or a positive integer <= {MAX_TOP_K}, "
                              f"got {self.top_k!r}")
-        _check_int("max_tokens", self.max_tokens)
+        check_integer("max_tokens", self.max_tokens)
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         self._validate_optional_ints()
         self._validate_stops()
-        _check_int("n", self.n)
+        check_integer("n", self.n)
         if self.n < 1:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
         if not isinstance(self.ignore_eos, bool):
@@ -90,11 +85,11 @@ class SamplingParams:
 
     def _validate_optional_ints(self) -> None:
         if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs)
+            check_integer("logprobs", self.logprobs)
             if self.logprobs < 0:
                 raise ValueError(f"logprobs must be None or an integer >= 0, got {self.logprobs!r}")
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            check_integer("seed", self.seed)
             if not 0 <= self.seed < MAX_SEED:
                 raise ValueError(f"seed must be None or an integer in [0, 2**64), got {self.seed!r}")
 
@@ -104,24 +99,10 @@ class SamplingParams:
         if not isinstance(self.stop_token_ids, list):
             raise TypeError(f"stop_token_ids must be a list of token ids or None, got {self.stop_token_ids!r}")
         for token in self.stop_token_ids:
-            _check_int("stop_token_ids", token)
+            check_integer("stop_token_ids", token)
             if token < 0:
                 raise ValueError(f"stop_token_ids must be token ids >= 0, got {token!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
-
-
-def _check_real(name: str, value: Any) -> None:
-    """A finite real number (not a bool), else TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-def _check_int(name: str, value: Any) -> None:
-    """An integer (numpy integers too, not a bool or a float), else TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
