@@ -164,3 +164,32 @@ def test_kv_heads_are_replicated_when_ranks_outnumber_them():
         assert per_rank[0] == one.engine.runner.kv_cache.nbytes()
     finally:
         two.engine.runner.shutdown()
+
+
+# --------------------------------------------------------------------------- notebook 08's exercises and drawings
+def test_exercise_solutions_pass_and_blanks_do_not():
+    from inferlab.exercises import tp as ex
+
+    def blank(x, weight, size):
+        raise NotImplementedError
+
+    ns: dict = {}
+    exec(ex.SOLUTIONS["row_parallel"], ns)
+    assert ex.check_row_parallel(ns["row_parallel"]) and not ex.check_row_parallel(blank)
+    assert not ex.check_row_parallel(lambda x, w, s: x[:, : w.shape[1] // s] @ w[:, : w.shape[1] // s].T)
+    for name, check in (("kv_per_gpu", ex.check_kv_per_gpu), ("all_reduce_bytes", ex.check_all_reduce_bytes)):
+        ns = {}
+        exec(ex.SOLUTIONS[name], ns)
+        assert check(ns["answer"]) and not check(None) and not check(ns["answer"] // 2)
+
+
+def test_sharding_layout_covers_every_weight_once_per_rank_set(full):
+    layout = tp.sharding_layout(full.config, 4)
+    c = full.config
+    q = sorted((s["start"], s["stop"]) for s in layout if s["matrix"] == "q_proj")
+    assert q[0][0] == 0 and q[-1][1] == c.num_heads * c.head_dim and all(a[1] == b[0] for a, b in zip(q, q[1:], strict=False))
+    kv = [s for s in layout if s["matrix"] == "k_proj, v_proj"]
+    assert len({(s["start"], s["stop"]) for s in kv}) == c.num_kv_heads  # 2 heads, each on 2 ranks
+    from inferlab.viz.tp import sharding_figure
+
+    assert len(sharding_figure(layout, "t").layout.shapes) == len(layout)

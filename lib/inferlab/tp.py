@@ -216,15 +216,13 @@ def _swap(old: nn.Linear, new: nn.Linear, copy: bool) -> nn.Linear:
 
 def shard_attention(attn: nn.Module, c: ModelConfig, rank: int, size: int, group=None, copy: bool = True) -> None:
     """Swap a ``LlamaAttention``'s projections for sharded ones and give it this rank's heads."""
-    from inferlab.attention.layer import Attention
-
     qkv = QKVParallelLinear(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.qkv_bias, rank, size)
     attn.qkv_proj = _swap(attn.qkv_proj, qkv, copy)
     o = RowParallelLinear(c.num_heads * c.head_dim, c.hidden_size, c.o_bias, rank, size, group)
     attn.o_proj = _swap(attn.o_proj, o, copy)
     h = qkv.heads
     attn.num_heads, attn.num_kv_heads = h.num_heads, h.num_kv_heads
-    attn.attn = Attention(h.num_heads, h.num_kv_heads, c.head_dim, attn.attn.scale, attn.attn.backend)
+    attn.attn.num_heads, attn.attn.num_kv_heads = h.num_heads, h.num_kv_heads  # the backend reads shapes from q, k
 
 
 def shard_mlp(mlp: nn.Module, c: ModelConfig, rank: int, size: int, group=None, copy: bool = True) -> None:
@@ -249,3 +247,31 @@ def shard_model(model: nn.Module, rank: int, size: int, group=None, copy: bool =
         shard_attention(layer.self_attn, c, rank, size, group, copy)
         shard_mlp(layer.mlp, c, rank, size, group, copy)
     return model
+
+
+# --------------------------------------------------------------------------- who holds what, for drawings
+def sharding_layout(config: ModelConfig, size: int) -> list[dict]:
+    """Every sharded weight's slices: ``{"matrix", "axis", "start", "stop", "rank", "what"}`` in units of rows/columns.
+
+    ``axis`` is ``"rows"`` (column-parallel: output rows) or ``"cols"`` (row-parallel: input
+    columns). Replicated KV heads appear once per rank that holds them.
+    """
+    check_shardable(config, size)
+    c, d, out = config, config.head_dim, []
+    for rank in range(size):
+        h = head_shard(c.num_heads, c.num_kv_heads, rank, size)
+        q0, kv0, inter = h.q_start * d, h.kv_start * d, c.intermediate_size // size
+        out += [
+            {"matrix": "q_proj", "axis": "rows", "start": q0, "stop": q0 + h.num_heads * d, "rank": rank,
+             "what": f"query heads {h.q_start}-{h.q_start + h.num_heads - 1}"},
+            {"matrix": "k_proj, v_proj", "axis": "rows", "start": kv0, "stop": kv0 + h.num_kv_heads * d, "rank": rank,
+             "what": f"KV heads {h.kv_start}-{h.kv_start + h.num_kv_heads - 1}"
+                     + (f" (x{h.kv_replicas} replicas)" if h.kv_replicas > 1 else "")},
+            {"matrix": "o_proj", "axis": "cols", "start": q0, "stop": q0 + h.num_heads * d, "rank": rank,
+             "what": "its heads' outputs -> partial sum"},
+            {"matrix": "gate_proj, up_proj", "axis": "rows", "start": rank * inter, "stop": (rank + 1) * inter,
+             "rank": rank, "what": f"MLP columns {rank * inter}-{(rank + 1) * inter - 1}"},
+            {"matrix": "down_proj", "axis": "cols", "start": rank * inter, "stop": (rank + 1) * inter, "rank": rank,
+             "what": "its MLP slice -> partial sum"},
+        ]
+    return out
