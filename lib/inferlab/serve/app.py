@@ -46,6 +46,7 @@ class ServingEngine:
 
     def __init__(self, engine: AsyncLLMEngine, model_names: list[str], api_key: str | None = None):
         self.engine, self.model_names, self.api_key = engine, list(model_names), api_key
+        self.default_max_tokens: int | None = None  # None: a request without max_tokens may fill the context
         self.tokenizer = engine.engine.tokenizer
         self.max_model_len = engine.engine.max_model_len
         self.metrics = ServerMetrics(engine.stats)
@@ -68,9 +69,9 @@ class ServingEngine:
         left = self.max_model_len - len(prompt_ids)
         if left <= 0:
             raise ServeError(400, f"This model's maximum context length is {self.max_model_len} tokens; "
-                             f"the prompt has {len(prompt_ids)}.", param, "context_length_exceeded")
+                             f"the prompt has {len(prompt_ids)}.", "prompt", "context_length_exceeded")
         if requested is None:
-            return left
+            return left if self.default_max_tokens is None else min(left, self.default_max_tokens)
         if requested <= 0:
             raise ServeError(400, f"{param} must be at least 1, got {requested}", param)
         if requested > left:
@@ -226,6 +227,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
+        if first.get("type") == "json_invalid":
+            return _error_response(request, ServeError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}"))
         where = [str(p) for p in first.get("loc", ()) if p != "body"]
         message = f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid request')}"
         return _error_response(request, ServeError(400, message, ".".join(where) or None))

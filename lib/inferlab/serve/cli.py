@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (401 otherwise)")
     ap.add_argument("--served-model-name", nargs="+", default=None,
                     help="names clients may use in 'model' (default: --model)")
+    ap.add_argument("--default-max-tokens", type=int, default=None,
+                    help="tokens to generate when a chat request gives no max_tokens (default: the rest of the context)")
     ap.add_argument("--shutdown-timeout", type=float, default=10.0)
     ap.add_argument("--log-level", default="warning")
     for flag, (_, kind) in ENGINE_OPTIONS.items():
@@ -88,14 +91,26 @@ def main(argv: list[str] | None = None) -> int:
               f"{snippet(url, names[0], args.api_key)}", flush=True)
 
     app = create_app(engine, names, args.api_key, on_ready=ready)
+    app.state.serving.default_max_tokens = args.default_max_tokens
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            timeout_graceful_shutdown=args.shutdown_timeout))
+    signal.signal(signal.SIGTERM, _stopped)  # uvicorn re-raises the signal after its graceful shutdown
     try:
         server.run()
+    except (_Stopped, KeyboardInterrupt):
+        pass
     finally:
         engine.shutdown(timeout=args.shutdown_timeout)
         print("inferlab.serve: stopped", flush=True)
     return 0 if server.started else 1
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived (after uvicorn's graceful shutdown, or before it started)."""
+
+
+def _stopped(signum, frame) -> None:
+    raise _Stopped()
 
 
 if __name__ == "__main__":
