@@ -222,7 +222,8 @@ def test_make_lab_is_not_offline():
     assert "OFFLINE" not in _make_target("lab")
     for target in ("test", "notebooks"):
         assert "HF_HUB_OFFLINE=1" in _make_target(target) or "$(OFFLINE)" in _make_target(target), target
-    assert "HF_HUB_OFFLINE" not in (ROOT / "notebooks" / "src" / "00_welcome_and_setup.py").read_text()
+    for src in SOURCES:  # no notebook switches the network off for the learner
+        assert not re.search(r"environ(\.setdefault\(|\[)\s*[\"'](HF_HUB|TRANSFORMERS)_OFFLINE", src.read_text()), src.name
 
 
 def test_not_found_says_which_case(monkeypatch):
@@ -271,3 +272,20 @@ def test_colab_install_cell_fails_loudly(monkeypatch):
     with pytest.raises(RuntimeError, match="could not clone"):
         exec(nbtools.INSTALL_SOURCE, {})
     assert len(calls) == 1 and "check=False" not in nbtools.INSTALL_SOURCE
+
+
+# ------------------------------------------------------------------ smaller points
+
+
+@pytest.mark.parametrize("path", LEARNER, ids=lambda p: p.name)
+def test_sdpa_is_explained_where_it_first_appears(path):
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    first = next((_text(c) for c in cells if "SDPA" in _text(c)), None)
+    assert first is None or "scaled_dot_product_attention" in first
+
+
+def test_greedy_loop_is_explained_beside_sampling():
+    nb = json.loads((ROOT / "notebooks" / "00_welcome_and_setup.ipynb").read_text())
+    text = "\n".join(_text(c) for c in nb["cells"])
+    assert "do_sample=True" in text and "loop" in text
+    assert any("short of data" in _outputs(c) for c in nb["cells"])

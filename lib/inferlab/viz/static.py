@@ -20,7 +20,7 @@ PLOTLY_MIME = "application/vnd.plotly.v1+json"
 _COLORWAY = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"]
 _DASH = {"dash": "--", "dot": ":", "dashdot": "-.", "longdash": "--"}
 _MARK = {"circle": "o", "diamond": "D", "square": "s", "x": "x", "star": "*", "cross": "P", "triangle-up": "^"}
-_AREA = (0.07, 0.2, 0.88, 0.68)  # plot area in figure fractions: left, bottom, width, height
+_AREA = (0.08, 0.26, 0.86, 0.62)  # plot area in figure fractions: left, bottom, width, height
 
 
 def _array(value: Any):
@@ -35,7 +35,8 @@ def _array(value: Any):
 
 
 def _plain(text: Any) -> str:
-    return re.sub(r"<[^>]+>", " ", str(text or "")).strip()
+    text = re.sub(r"<br\s*/?>", "\n", str(text or ""), flags=re.I)
+    return re.sub(r"<[^>]+>", " ", text).strip()
 
 
 def _title(obj: Any) -> str:
@@ -102,7 +103,7 @@ class _Axes:
             for ref, setter in ((xref, ax.set_xticks), (yref, ax.set_yticks)):
                 cats = self.categories.get(ref)
                 if cats:
-                    setter(range(len(cats)), [c[:28] for c in cats], fontsize=7)
+                    setter(range(len(cats)), [_plain(c)[:40] for c in cats], fontsize=7)
             if self.categories.get(xref) and len(self.categories[xref]) > 4:
                 ax.tick_params(axis="x", labelrotation=20)
 
@@ -209,7 +210,7 @@ def figure_png(figure: dict[str, Any] | Any, dpi: int = 72) -> bytes:
     spec = figure if isinstance(figure, dict) else figure.to_plotly_json()
     layout = spec.get("layout", {}) or {}
     height = float(layout.get("height") or 450)
-    fig = plt.figure(figsize=(9, max(2.6, height / 72 * 0.85)), dpi=dpi)
+    fig = plt.figure(figsize=(9, max(3.6, height / 72 * 0.85)), dpi=dpi)
     axes, stacks, handles = _Axes(fig, layout), {}, []
     traces = list(spec.get("data", []))
     bar_refs = [(t.get("xaxis", "x"), t.get("yaxis", "y")) for t in traces if t.get("type") == "bar"]
