@@ -155,3 +155,42 @@ def test_multimodal_config_reads_text_config():
     nested = {"model_type": "gemma3", "text_config": {**text, "model_type": "gemma3_text"}}
     hf = Gemma3Config(text_config=text)
     assert kv_cache_bytes(nested, 30) == kv_cache_bytes(hf, 30) == kv_cache_bytes({**text, "model_type": "gemma3_text"}, 30)
+
+
+# --- the same class nearby: parameter counts of these layouts ------------------------------------------
+
+
+@pytest.mark.parametrize("cls_name, config_cls, cfg", [
+    ("FalconForCausalLM", None, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, vocab_size=100,
+                                     multi_query=True, new_decoder_architecture=False, parallel_attn=True)),
+    ("FalconForCausalLM", None, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, vocab_size=100,
+                                     new_decoder_architecture=True, num_kv_heads=2, bias=True)),
+    ("FalconForCausalLM", None, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, vocab_size=100,
+                                     multi_query=False, parallel_attn=False)),
+    ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                   num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                                   vocab_size=100)),
+    ("Qwen3ForCausalLM", None, dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, head_dim=16, vocab_size=100)),
+])
+def test_param_count_of_these_layouts_matches_transformers(cls_name, config_cls, cfg):
+    config, model = _random_model(cls_name, config_cls, **cfg)
+    assert configs.param_count(config) == sum(p.numel() for p in model.parameters())
+    assert configs.param_count({**cfg, "model_type": config.model_type}) == sum(p.numel() for p in model.parameters())
+
+
+def test_falcon_7b_and_gemma_3_1b_param_counts():
+    assert configs.param_count(published("falcon-7b")) == pytest.approx(6.92e9, rel=1e-3)  # was 9.86e9
+    assert configs.param_count(published("gemma-3-1b")) == pytest.approx(1.0e9, rel=1e-2)
+
+
+def test_gpu_memory_by_name_and_bad_values_named():
+    from inferlab.kvcache import max_concurrent_sequences
+
+    by_name = max_concurrent_sequences("llama-3-8b", "H100 80 GB", 4096)
+    assert by_name == max_concurrent_sequences("llama-3-8b", configs.gpu_memory_bytes("H100 80 GB"), 4096) > 0
+    for bad in (float("nan"), True, -5, None):
+        with pytest.raises(ValueError, match="gpu_memory_bytes"):
+            max_concurrent_sequences("llama-3-8b", bad, 4096)
+    with pytest.raises(ValueError, match="tp_size"):
+        kv_bytes_per_token("llama-3-8b", tp_size=True)

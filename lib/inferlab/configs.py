@@ -176,7 +176,7 @@ def model_shape(config: Any) -> ModelShape:
         name=str(cfg.get("name") or cfg.get("_name_or_path") or cfg.get("model_type") or "model"),
         n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
         vocab=int(_first(cfg, "vocab_size", default=0)),
-        intermediate=int(_first(cfg, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)),
+        intermediate=int(_first(cfg, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", default=4 * hidden)),
         windows=layer_windows(cfg, n_layers), mla=mla,
         max_context=_first(cfg, "max_position_embeddings", "n_positions"), raw=cfg,
     )
@@ -202,13 +202,22 @@ def _attention_params(cfg: dict, s: ModelShape) -> int:
         n += q_out + 2 * kv_out + h
     elif cfg.get("attention_bias") or cfg.get("model_type") in {"qwen2"}:
         n += q_out + 2 * kv_out  # Qwen2 has q/k/v biases, no output bias
+    elif cfg.get("model_type") == "falcon" and cfg.get("bias"):
+        n += q_out + 2 * kv_out + h
+    if cfg.get("model_type") in _QK_NORM:
+        n += 2 * s.head_dim  # q_norm and k_norm, one head_dim-sized RMSNorm each
     return n
+
+
+_QK_NORM = {"gemma3", "gemma3_text", "qwen3"}
 
 
 def _mlp_params(cfg: dict, s: ModelShape, layer: int) -> int:
     h = s.hidden
     if cfg.get("model_type") == "opt":  # fc1 -> ReLU -> fc2, with biases
         return 2 * h * s.intermediate + s.intermediate + h
+    if cfg.get("model_type") == "falcon":  # dense_h_to_4h -> GELU -> dense_4h_to_h, not gated
+        return 2 * h * s.intermediate + ((s.intermediate + h) if cfg.get("bias") else 0)
     gated = 3 * h  # gate, up and down projections (SwiGLU / GeGLU)
     n_routed = _first(cfg, "n_routed_experts", "num_local_experts", "num_experts", default=0)
     dense_first = int(cfg.get("first_k_dense_replace", 0) or 0)
@@ -221,8 +230,12 @@ def _mlp_params(cfg: dict, s: ModelShape, layer: int) -> int:
 
 
 def _norms_per_layer(cfg: dict) -> int:
-    if cfg.get("model_type") == "gemma2":
+    if cfg.get("model_type") in {"gemma2", "gemma3", "gemma3_text"}:
         return 4  # input, post-attention, pre- and post-feed-forward RMSNorms
+    if cfg.get("model_type") == "falcon":  # parallel attention and MLP read one LayerNorm (40B: two)
+        if cfg.get("new_decoder_architecture"):
+            return 2 if cfg.get("num_ln_in_parallel_attn", 2) == 2 else 1
+        return 1 if cfg.get("parallel_attn", True) else 2
     return 2
 
 
@@ -236,12 +249,12 @@ def param_count(config: Any) -> int:
     s = model_shape(config)
     cfg = s.raw
     h = s.hidden
-    layer_norm = cfg.get("model_type") == "opt"  # LayerNorm has a bias, RMSNorm does not
+    layer_norm = cfg.get("model_type") in {"opt", "falcon"}  # LayerNorm has a bias, RMSNorm does not
     norm = 2 * h if layer_norm else h
     n = s.vocab * h
     if cfg.get("model_type") == "opt":
         n += (int(s.max_context) + 2) * h  # learned positions (OPT offsets them by 2)
-    if not cfg.get("tie_word_embeddings", cfg.get("model_type") in {"gemma2", "opt"}):
+    if not cfg.get("tie_word_embeddings", cfg.get("model_type") in {"gemma2", "gemma3", "gemma3_text", "opt", "falcon"}):
         n += s.vocab * h
     for layer in range(s.n_layers):
         n += _attention_params(cfg, s) + _mlp_params(cfg, s, layer) + _norms_per_layer(cfg) * norm

@@ -46,7 +46,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
-from inferlab.configs import ModelShape, known_models, model_shape, param_count
+from inferlab.configs import ModelShape, gpu_memory_bytes, known_models, model_shape, param_count
 from inferlab.device import DTYPE_ALIASES
 from inferlab.hf_compat import cache_of
 
@@ -134,7 +134,7 @@ def weight_bytes_per_param(dtype: Any) -> float:
 
 
 def _check_tp(tp_size: int) -> int:
-    if not isinstance(tp_size, int) or tp_size < 1:
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
         raise ValueError(f"tp_size must be a positive integer, got {tp_size!r}")
     return tp_size
 
@@ -253,13 +253,14 @@ def memory_plan(config: Any, gpu_memory_bytes: int, seq_len: int, dtype: Any = "
                 tp_size: int = 1, batch_size: int = 1) -> dict[str, Any]:
     """Split one GPU's memory into weights, reserve, KV for ``batch_size`` sequences, and free.
 
+    ``gpu_memory_bytes``: bytes, or a GPU name of :data:`inferlab.configs.GPUS` ("H100 80 GB").
     ``reserve_fraction`` of the memory is held back for activations, CUDA context and
     fragmentation (vLLM's ``gpu_memory_utilization=0.9`` leaves the same 10 %).
     ``max_sequences`` is how many sequences of ``seq_len`` tokens the rest holds.
     """
     if not 0 <= reserve_fraction < 1:
         raise ValueError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
-    _check_positive("gpu_memory_bytes", int(gpu_memory_bytes))
+    gpu_memory_bytes = _gpu_bytes(gpu_memory_bytes)
     shape = model_shape(config)
     weights = weight_bytes(shape.raw | {"name": shape.name}, weight_dtype, tp_size)
     reserve = int(gpu_memory_bytes * reserve_fraction)
@@ -275,6 +276,15 @@ def memory_plan(config: Any, gpu_memory_bytes: int, seq_len: int, dtype: Any = "
         "seq_len": seq_len, "kv_dtype": kv_dtype(dtype).name, "weight_dtype": str(weight_dtype),
         "max_context": shape.max_context,
     }
+
+
+def _gpu_bytes(gpu: Any) -> int:
+    """Bytes of GPU memory from a number of bytes or a name in :data:`inferlab.configs.GPUS`."""
+    if isinstance(gpu, str):
+        return gpu_memory_bytes(gpu)
+    if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not math.isfinite(gpu) or gpu < 1:
+        raise ValueError(f"gpu_memory_bytes must be a positive number of bytes or a GPU name, got {gpu!r}")
+    return int(gpu)
 
 
 def max_concurrent_sequences(config: Any, gpu_memory_bytes: int, seq_len: int,
