@@ -1,8 +1,10 @@
 """The attention backends, by name: adding one is a file with an ``attend`` function and a line here.
 
-Every backend has the signature of :func:`inferlab.attention.sdpa.attend`:
+``"auto"`` (the engine's default) resolves once, to ``triton`` on CUDA when triton is installed and
+to ``sdpa`` elsewhere. Every backend has the signature of :func:`inferlab.attention.sdpa.attend`:
 ``attend(q, k, v, meta, k_cache, v_cache, scale) -> out`` (this step's K/V are already in the
-cache). Backends are imported only when chosen, so an optional dependency (Triton,
+cache). A backend in :data:`TABLE_BACKENDS` reads block tables and lengths, and stores K/V with the
+module's own ``store_kv``; the others read gathered slot lists. Backends are imported only when chosen, so an optional dependency (Triton,
 flash-attn) is needed only by whoever picks that backend.
 """
 
@@ -14,9 +16,28 @@ from importlib import import_module
 BACKENDS: dict[str, str] = {
     "reference": "inferlab.attention.paged:attend",  # float32, explicit masks: the one to test against
     "sdpa": "inferlab.attention.sdpa:attend",  # torch SDPA over gathered slots: the engine's default
-    # "triton": "inferlab.attention.paged_triton:attend",
+    "triton": "inferlab.attention.paged_triton:attend",  # kernels reading the blocks in place: CUDA's default
     "flash": "inferlab.attention.flash:attend",  # prefill through FlashAttention's tiles, decode through SDPA
 }
+
+TABLE_BACKENDS = {"triton"}  # read AttentionMetadata's block tables (and store through store_kv)
+
+
+def resolve_backend(name: str, device) -> str:
+    """``"auto"`` -> ``"triton"`` on CUDA with triton installed, else ``"sdpa"``; other names unchanged."""
+    if name != "auto":
+        return name
+    from inferlab.attention.flash_triton import triton_available
+
+    return "triton" if str(device).startswith("cuda") and triton_available() else "sdpa"
+
+
+def get_store(name: str) -> Callable | None:
+    """The ``store_kv`` of a table backend (None for the others, which write through slot lists)."""
+    if name not in TABLE_BACKENDS:
+        return None
+    module = BACKENDS[name].partition(":")[0]
+    return import_module(module).store_kv
 
 
 def get_backend(name: str) -> Callable:

@@ -98,3 +98,23 @@ def hf_generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: 
                          attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=model.device),
                          pad_token_id=0, **sampling, **kwargs)
     return out.shape[1] - len(prompt_ids)
+
+
+@torch.inference_mode()
+def hf_generate_continuous(model, requests: list[Request], max_new_tokens: int | None = None) -> RunResult:
+    """transformers' own continuous batching (``generate_batch``, paged attention), greedy, EOS ignored.
+
+    ``generate_batch`` takes one ``max_new_tokens`` for every request; default: the requests'
+    mean output length, so the total output tokens match the workload's.
+    """
+    from transformers import GenerationConfig
+
+    new = max_new_tokens or round(sum(r.max_tokens for r in requests) / len(requests))
+    config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)
+    inputs = [list(r.prompt_token_ids) for r in requests]
+    outputs = []
+    (wall,) = time_fn(lambda: outputs.append(model.generate_batch(inputs, generation_config=config)),
+                      model.device, repeats=1, warmup=0)
+    made = sum(len(o.generated_tokens) for o in outputs[0].values())
+    return RunResult("hf_generate_continuous", wall, made)

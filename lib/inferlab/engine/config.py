@@ -25,7 +25,8 @@ class EngineConfig:
     scheduling); ``enable_chunked_prefill`` lets long prompts be split across steps (Sarathi);
     ``enable_prefix_caching`` reuses the KV of shared prompt prefixes; ``policy="static"``
     is classic static batching, for comparison. ``attention_backend`` picks the attention
-    implementation once (:data:`inferlab.attention.backends.BACKENDS`). ``seed`` seeds the
+    implementation once (:data:`inferlab.attention.backends.BACKENDS`; ``"auto"``: ``triton`` on CUDA
+    when installed, else ``sdpa``); ``enforce_eager`` turns off CUDA graphs for decode steps. ``seed`` seeds the
     random weights when the model is given as a bare config. ``max_logprobs`` caps a request's
     ``SamplingParams.logprobs`` (vLLM's default, 20). ``tensor_parallel_size``: shard
     the model over that many processes (:mod:`inferlab.tp`, :mod:`inferlab.engine.distributed`).
@@ -41,7 +42,8 @@ class EngineConfig:
     enable_prefix_caching: bool = False
     enable_chunked_prefill: bool = True
     policy: str = "continuous"
-    attention_backend: str = "sdpa"
+    attention_backend: str = "auto"  # "auto": triton on CUDA when installed, else sdpa
+    enforce_eager: bool = False  # True: never replay decode steps as CUDA graphs (vLLM's switch)
     record_trace: bool = True
     trust_remote_code: bool = False
     seed: int = 0
@@ -49,7 +51,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("enable_prefix_caching", "enable_chunked_prefill", "record_trace", "trust_remote_code"):
+        for name in ("enable_prefix_caching", "enable_chunked_prefill", "record_trace", "trust_remote_code",
+                     "enforce_eager"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.trust_remote_code:
@@ -67,7 +70,7 @@ class EngineConfig:
             raise ValueError(f"policy must be 'continuous' or 'static', got {self.policy!r}")
         from inferlab.attention.backends import BACKENDS
 
-        if self.attention_backend not in BACKENDS:
+        if self.attention_backend not in (*BACKENDS, "auto"):
             raise ValueError(f"attention_backend must be one of {sorted(BACKENDS)}, got {self.attention_backend!r}")
 
     @classmethod

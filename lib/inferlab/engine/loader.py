@@ -30,7 +30,7 @@ class ModelSource:
     """What a source gives: the model's shape, its weights (None: random) and where it already lives."""
 
     config: ModelConfig
-    weights: Callable[[], Weights] | None
+    weights: Callable[..., Weights] | None  # weights(device=None): the checkpoint's tensors
     device: str | None = None
     dtype: torch.dtype | None = None
     path: Path | None = None
@@ -45,10 +45,10 @@ def resolve_source(source: Any) -> ModelSource:
     if isinstance(source, (str, Path)):
         path = checkpoint_dir(str(source))
         config = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
-        return ModelSource(config, lambda: safetensors_weights(path), path=path)
+        return ModelSource(config, lambda device=None: safetensors_weights(path, device), path=path)
     if isinstance(source, nn.Module) and hasattr(getattr(source, "config", None), "to_dict"):
         param = next(source.parameters())
-        state = lambda: ((k, v.detach().cpu()) for k, v in source.state_dict().items())  # noqa: E731
+        state = lambda device=None: ((k, v.detach()) for k, v in source.state_dict().items())  # noqa: E731
         return ModelSource(ModelConfig.from_dict(source.config.to_dict()), state, str(param.device), param.dtype)
     raise TypeError(f"model must be a name, a folder, a transformers model or a config, got {type(source).__name__}")
 
@@ -72,12 +72,18 @@ def checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-def safetensors_weights(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every ``(name, tensor)`` of a (possibly sharded) safetensors checkpoint, on the CPU, file by file."""
-    from safetensors.torch import load_file
+def safetensors_weights(path: Path, device=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every ``(name, tensor)`` of a (possibly sharded) safetensors checkpoint, file by file.
+
+    ``device``: where the tensors are read to (default the CPU); on a GPU they go straight
+    there, tensor by tensor, without a host copy of the whole file.
+    """
+    from safetensors import safe_open
 
     for file in checkpoint_files(path):
-        yield from load_file(str(file)).items()
+        with safe_open(str(file), framework="pt", device=str(device or "cpu")) as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                yield name, f.get_tensor(name)
 
 
 def load_weights(model: nn.Module, weights: Weights) -> None:

@@ -1,0 +1,298 @@
+"""The engine's fast path on a GPU: paged attention as Triton kernels that read the block pool in place.
+
+Three kernels over the one cache layout of :mod:`inferlab.attention.paged`
+(``k_cache[num_blocks, block_size, kv_heads, head_dim]``, token slot ``s`` = block ``s // block_size``,
+row ``s % block_size``):
+
+- :func:`store_kv`: write this step's K/V at their slots (vLLM's ``reshape_and_cache``); slot -1 skips
+  a token (CUDA-graph padding rows).
+- :func:`paged_decode`: one query per sequence (PagedAttention, Kwon et al., SOSP 2023). Each program
+  serves *all* query heads of one KV head (grouped-query attention, Ainslie et al. 2023, in the kernel:
+  the K/V tile is read once for the whole group) over one slice of the context; the slices' partial
+  softmaxes are merged by a second small kernel (split-K, "Flash-Decoding", Dao et al. 2023), so a
+  few long sequences still fill every SM.
+- :func:`paged_prefill`: prompts, prompt chunks and decode rows of a mixed step, packed, in one launch
+  (``cu_seqlens_q``, as FlashAttention's varlen API): query ``j`` of a sequence with ``ctx`` cached
+  tokens and ``n`` queries sits at position ``ctx - n + j`` and attends to keys ``0..ctx-n+j``, read
+  through the block table (chunked prefill and prefix-cache hits need no special case).
+
+Every softmax runs online in float32 (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022).
+On CPU tensors the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set
+before triton was imported (slow; for tests and CI).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from inferlab.attention.flash_triton import interpreting, triton_available
+from inferlab.attention.metadata import AttentionMetadata
+from inferlab.paging import cdiv
+
+__all__ = ["attend", "paged_decode", "paged_prefill", "store_kv", "decode_splits"]
+
+MAX_SPLITS = 32  # split-K slices at most (one compiled merge kernel for every count)
+
+try:  # optional: kernel bodies refer to ``tl`` as a module global, as Triton requires
+    import triton
+    import triton.language as tl
+
+    _jit = triton.jit
+except ImportError:  # pragma: no cover - the launchers then raise a clear error
+    tl = None
+
+    def _jit(fn):
+        return fn
+
+
+@_jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:  # fp32 inputs: exact products, no TF32
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@_jit
+def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, acc, scale,
+                 skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile of keys ``n`` (found through the block table) folded into the online softmax (m, l, acc)."""
+    block = tl.load(table_ptr + n // BLOCK_SIZE, mask=n_ok, other=0)
+    row = n % BLOCK_SIZE
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(KC + block[:, None] * skb + row[:, None] * sks + kvh * skh + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(VC + block[:, None] * svb + row[:, None] * svs + kvh * svh + d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:  # the interpreter has no bf16 matmul
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    s = tl.where(keep, _dot(q, tl.trans(k), IEEE) * scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return m_new, l_i, acc
+
+
+@_jit
+def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    slot = tl.load(Slots + t)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < tl.where(slot >= 0, ROW, 0)
+    k = tl.load(K + t * skt + offs, mask=ok)
+    v = tl.load(V + t * svt + offs, mask=ok)
+    tl.store(KC + slot * skc_slot + offs, k.to(KC.dtype.element_ty), mask=ok)
+    tl.store(VC + slot * svc_slot + offs, v.to(VC.dtype.element_ty), mask=ok)
+
+
+@_jit
+def _decode_kernel(Q, KC, VC, Tables, Lens, OPart, MPart, scale, num_splits, sqb, sqh, skb, sks, skh, svb, svs, svh,
+                   stb, sob, soh, sos, smb, smh, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Program (sequence, KV head, split): every query head of the group over one slice of the context."""
+    b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ctx = tl.load(Lens + b)
+    per_split = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, ctx)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    heads = kvh * GROUP + g
+    g_ok, d_ok = g < GROUP, d < HEAD_DIM
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n < hi
+        m_i, l_i, acc = _attend_tile(q, KC, VC, Tables + b * stb, n, n_ok, n_ok[None, :], d, d_ok, kvh, m_i, l_i,
+                                     acc, scale, skb, sks, skh, svb, svs, svh, BLOCK_SIZE, IEEE, UPCAST)
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(OPart + b * sob + heads[:, None] * soh + split * sos + d[None, :], out, mask=g_ok[:, None] & d_ok[None, :])
+    tl.store(MPart + b * smb + heads * smh + split * 2, m_i, mask=g_ok)
+    tl.store(MPart + b * smb + heads * smh + split * 2 + 1, l_i, mask=g_ok)
+
+
+@_jit
+def _reduce_kernel(OPart, MPart, Out, num_splits, sob, soh, sos, smb, smh, sutb, suth, HEAD_DIM: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge the splits' partial softmaxes of one (sequence, head), each weighted by exp(m - max m) * l."""
+    b, h = tl.program_id(0), tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    s_ok, d_ok = s < num_splits, d < HEAD_DIM
+    m_s = tl.load(MPart + b * smb + h * smh + s * 2, mask=s_ok, other=float("-inf"))
+    l_s = tl.load(MPart + b * smb + h * smh + s * 2 + 1, mask=s_ok, other=0.0)
+    m_max = tl.max(m_s, 0)
+    w = tl.where(l_s > 0.0, tl.exp(m_s - m_max) * l_s, 0.0)
+    o = tl.load(OPart + b * sob + h * soh + s[:, None] * sos + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    total = tl.sum(w, 0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(Out + b * sutb + h * suth + d, out.to(Out.dtype.element_ty), mask=d_ok)
+
+
+@_jit
+def _prefill_kernel(Q, KC, VC, Out, Tables, QStarts, QLens, Lens, scale, sqt, sqh, skb, sks, skh, svb, svs, svh, stb,
+                    sot, soh, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """Program (query tile, sequence, head): causal attention of the tile over the sequence's cached keys."""
+    mb, seq, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    q_start = tl.load(QStarts + seq)
+    q_len = tl.load(QLens + seq)
+    if mb * BLOCK_M < q_len:
+        first_pos = tl.load(Lens + seq) - q_len
+        m_idx = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        d = tl.arange(0, BLOCK_D)
+        m_ok, d_ok = m_idx < q_len, d < HEAD_DIM
+        pos = first_pos + m_idx
+        q = tl.load(Q + (q_start + m_idx[:, None]) * sqt + h * sqh + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        hi = tl.minimum(first_pos + (mb + 1) * BLOCK_M, first_pos + q_len)  # the tile's last position + 1
+        for start in range(0, hi, BLOCK_N):
+            n = start + tl.arange(0, BLOCK_N)
+            n_ok = n < hi
+            keep = (n[None, :] <= pos[:, None]) & n_ok[None, :]
+            m_i, l_i, acc = _attend_tile(q, KC, VC, Tables + seq * stb, n, n_ok, keep, d, d_ok, h // GROUP, m_i, l_i,
+                                         acc, scale, skb, sks, skh, svb, svs, svh, BLOCK_SIZE, IEEE, UPCAST)
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(Out + (q_start + m_idx[:, None]) * sot + h * soh + d[None, :], out.to(Out.dtype.element_ty),
+                 mask=m_ok[:, None] & d_ok[None, :])
+
+
+# --------------------------------------------------------------------------- launchers
+def _check(t: torch.Tensor) -> None:
+    if not triton_available():
+        raise ImportError("the triton attention backend needs the triton package: pip install triton")
+    if not t.is_cuda and not interpreting():
+        raise RuntimeError("CPU tensors run through Triton's interpreter: set TRITON_INTERPRET=1 "
+                           "before triton is first imported")
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _ieee(t: torch.Tensor) -> bool:
+    """fp32 inputs: exact fp32 dot products (no TF32), so greedy output matches an fp32 reference."""
+    return t.dtype in (torch.float32, torch.float64)
+
+
+def _upcast(t: torch.Tensor) -> bool:
+    return not t.is_cuda and t.dtype in (torch.bfloat16, torch.float16)
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write ``k``/``v`` ``[tokens, kv_heads, head_dim]`` to their cache slots; slot -1 is skipped."""
+    if k.shape[0] == 0:
+        return
+    _check(k)
+    k, v = k.contiguous(), v.contiguous()
+    row = k.shape[1] * k.shape[2]
+    _store_kernel[(k.shape[0],)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
+                                   k_cache.stride(1), v_cache.stride(1), ROW=row, BLOCK=_pow2(row))
+
+
+def decode_splits(num_seqs: int, num_kv_heads: int, max_context: int | None = None, sms: int = 132) -> int:
+    """How many context slices per (sequence, KV head): enough programs to fill the GPU twice over.
+
+    With a fixed count (what a CUDA graph needs) slices past a short context are empty and exit at once.
+    """
+    splits = max(1, min(MAX_SPLITS, cdiv(2 * sms, max(1, num_seqs * num_kv_heads))))
+    if max_context is not None:
+        splits = min(splits, max(1, cdiv(max_context, 64)))
+    return splits
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float | None = None, num_splits: int | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode attention, the same contract as :func:`inferlab.attention.paged.paged_attention`.
+
+    q ``[seqs, q_heads, d]``; caches ``[blocks, block_size, kv_heads, d]``; block_tables ``[seqs, max_blocks]``
+    (int32 or int64, entries past a context are not read); context_lens ``[seqs]``. A sequence with
+    context 0 (a padding row) gets zeros. Split-K over ``num_splits`` slices (default: :func:`decode_splits`).
+    """
+    _check(q)
+    b, hq, d = q.shape
+    _, block_size, hkv, _ = k_cache.shape
+    group = hq // hkv
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    splits = num_splits or decode_splits(b, hkv, None if q.is_cuda else int(context_lens.max()))
+    out = torch.empty_like(q) if out is None else out
+    if b == 0:
+        return out
+    block_d = _pow2(d)
+    o_part = torch.empty(b, hq, splits, block_d, dtype=torch.float32, device=q.device)
+    m_part = torch.empty(b, hq, splits, 2, dtype=torch.float32, device=q.device)
+    cfg = {"num_warps": 4, "num_stages": 2} if q.is_cuda else {}
+    _decode_kernel[(b, hkv, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, o_part, m_part, scale, splits, q.stride(0), q.stride(1),
+        *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0), *o_part.stride()[:3],
+        *m_part.stride()[:2], GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=d,
+        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg)
+    _reduce_kernel[(b, hq)](o_part, m_part, out, splits, *o_part.stride()[:3], *m_part.stride()[:2], out.stride(0),
+                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d)
+    return out
+
+
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                  cu_seqlens_q: torch.Tensor, context_lens: torch.Tensor, max_query_len: int,
+                  scale: float | None = None, query_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """Varlen prefill / chunked prefill in one launch; the contract of ``paged_attention_prefill``.
+
+    q ``[tokens, q_heads, d]``; the queries of sequence b are rows ``cu_seqlens_q[b]`` onwards, its last
+    ``query_lens[b]`` (default ``cu_seqlens_q[b+1] - cu_seqlens_q[b]``: packed) of ``context_lens[b]``
+    cached tokens. Rows no sequence claims (tokens without a cache) are left for the caller.
+    """
+    _check(q)
+    t, hq, d = q.shape
+    _, block_size, hkv, _ = k_cache.shape
+    out = torch.empty_like(q)
+    if t == 0:
+        return out
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2} if q.is_cuda else {"BLOCK_M": 16, "BLOCK_N": 32}
+    if q.is_cuda and _ieee(q):
+        cfg.update(BLOCK_M=32, BLOCK_N=32)
+    starts = cu_seqlens_q[:len(context_lens)]
+    lens = query_lens if query_lens is not None else cu_seqlens_q[1:] - starts
+    grid = (cdiv(max_query_len, cfg["BLOCK_M"]), len(context_lens), hq)
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, starts, lens, context_lens, scale, q.stride(0), q.stride(1),
+        *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=hq // hkv, BLOCK_SIZE=block_size, HEAD_DIM=d, BLOCK_D=_pow2(d), IEEE=_ieee(q), UPCAST=_upcast(q), **cfg)
+    return out
+
+
+# --------------------------------------------------------------------------- the engine backend
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+           k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The ``triton`` backend: the step's K/V are stored (:func:`store_kv`); read the blocks in place.
+
+    A step of decode rows only runs :func:`paged_decode` (the CUDA-graphed case); any other step runs
+    one :func:`paged_prefill` over every cached sequence. Chunks that own no cache (a reference
+    forward, static batching's padding) attend to their own K/V through SDPA.
+    """
+    if meta.is_decode:
+        return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.num_splits)
+    out = torch.empty_like(q)
+    if meta.context_lens is not None:
+        out = paged_prefill(q, k_cache, v_cache, meta.block_tables, meta.query_starts, meta.context_lens,
+                            meta.max_query_len, scale, meta.query_lens)
+    for start, end in meta.uncached:
+        qs, ks, vs = (x[start:end].transpose(0, 1)[None] for x in (q, k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
