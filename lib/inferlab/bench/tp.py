@@ -68,18 +68,12 @@ def _timed(fn, device: str, repeats: int, inner: int) -> list[float]:
 
     from inferlab.device import synchronize
 
+    def run():
+        for _ in range(inner):
+            fn()
+
     if device.startswith("cuda"):
-        fn()  # warm up (NCCL sets up its communicator outside the capture)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
-                fn()
-        run = graph.replay
-    else:
-        def run():
-            for _ in range(inner):
-                fn()
+        run = _graphed(run) or run
     run()
     times = []
     for _ in range(repeats):
@@ -91,6 +85,20 @@ def _timed(fn, device: str, repeats: int, inner: int) -> list[float]:
         synchronize(device)
         times.append((time.perf_counter() - t0) / inner)
     return times
+
+
+def _graphed(run):
+    """``run`` captured as one CUDA graph (its replay), or None where capture fails (then it runs eagerly)."""
+    run()  # warm up outside the capture (NCCL sets up its communicator here)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            run()
+    except RuntimeError as err:
+        print(f"CUDA graph capture failed, timing eagerly: {err}", flush=True)
+        return None
+    return graph.replay
 
 
 def _all_reduce_rank(rank, size, port, device, hidden, dtype, batches, repeats, inner):
@@ -192,7 +200,29 @@ def engine_run(model, tp_size: int, device: str, dtype, requests, decode_tokens:
             "all_reduce_calls": metered[0], "all_reduce_bytes_per_token": metered[1] / tokens,
             "throughput_tok_s": result.output_tokens / result.wall_s, "wall_s": result.wall_s,
             "output_tokens": result.output_tokens, "kv_blocks": runner.num_blocks,
+            "cuda_graphs": getattr(runner, "graphs", None) is not None,
+            "settings": {k: str(v) for k, v in settings.items()},
             "kv_cache_bytes_per_rank": runner.kv_cache.nbytes()}
+
+
+def _engine_runs(cfg, device, dtype, reqs, cap, settings) -> dict[str, Any]:
+    """TP=1 and TP=2 engine runs with the engine's defaults; if either fails, both again with enforce_eager."""
+    from dataclasses import fields
+
+    from inferlab.engine.config import EngineConfig
+
+    runs: dict[str, Any] = {}
+    for attempt in (settings, {"enforce_eager": True}):
+        try:
+            for t in (1, 2):
+                runs[str(t)] = engine_run(cfg, t, device, dtype, reqs, **cap, **attempt)
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            return runs
+        except Exception as err:
+            runs["failed_" + ("eager" if attempt else "default")] = f"{type(err).__name__}: {err}"
+            if "enforce_eager" not in {f.name for f in fields(EngineConfig)} or attempt:
+                return runs
+    return runs
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -238,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if "engine" not in a.skip:
         reqs = synthetic_requests(a.requests, (64, 1024) if gpu else (16, 64), tuple(a.output_len), config.vocab_size)
         settings = {"enforce_eager": True} if a.eager else {}
-        cap = {"max_num_seqs": 64, "max_num_batched_tokens": 2048} if gpu else {"num_kv_blocks": 256}
-        runs = {str(t): engine_run(cfg, t, device, dtype, reqs, **cap, **settings) for t in (1, 2)}
+        cap = {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "num_kv_blocks": 8192} if gpu else {"num_kv_blocks": 256}
+        runs = _engine_runs(cfg, device, dtype, reqs, cap, settings)
         save("engine", {"requests": a.requests, "prompt_len": [64, 1024] if gpu else [16, 64],
                         "output_len": a.output_len, "runs": runs})
     path = save_result("tp", payload, a.out)
@@ -259,6 +289,9 @@ def summary(payload: dict[str, Any]) -> str:
     for t, rows in payload.get("matmuls", {}).items():
         lines += [f"projections TP={t} batch {r['batch']:>4}: {1e3 * min(r['seconds']):8.3f} ms" for r in rows]
     for t, r in payload.get("engine", {}).get("runs", {}).items():
+        if not isinstance(r, dict):
+            lines.append(f"engine {t}: {r}")
+            continue
         lines.append(f"engine TP={t}: decode step at batch 1 {r['decode_step_ms_median']:.2f} ms, "
                      f"{r['throughput_tok_s']:.0f} tok/s, all-reduce {r['all_reduce_bytes_per_token']:,.0f} B/token measured")
     return "\n".join(lines)
