@@ -178,3 +178,34 @@ def test_prefix_caching_with_preemption_mid_prefill(reference):
     llm, _ = run_and_compare(reference, block_size=4, num_kv_blocks=40, max_num_batched_tokens=8,
                              enable_prefix_caching=True)
     assert sum(len(s.preempted) for s in llm.engine.trace) > 0
+
+
+def test_parallel_samples_fork_the_prompt_blocks_and_match_seeded_singles():
+    llm = LLM("tiny", device="cpu", dtype="float32", block_size=4, num_kv_blocks=120)
+    prompt = HEADER + "def handle(request):"  # prompt ends mid-block: the first sample copies it on write
+    stats = llm.engine.block_manager.allocator.stats
+    forks, free = stats["forks"], llm.engine.block_manager.num_free_blocks
+    group = llm.generate(prompt, SamplingParams(temperature=1.0, max_tokens=12, n=4, seed=5))[0]
+    assert [o.index for o in group.outputs] == [0, 1, 2, 3]
+    assert stats["forks"] - forks == 3 and llm.engine.block_manager.num_free_blocks == free
+    for o in group.outputs:  # sample i draws from seed + i: as if it had run alone
+        alone = llm.generate(prompt, SamplingParams(temperature=1.0, max_tokens=12, seed=5 + o.index))[0]
+        assert o.token_ids == alone.outputs[0].token_ids
+    assert len({tuple(o.token_ids) for o in group.outputs}) > 1
+
+
+def test_parallel_samples_use_fewer_blocks_than_separate_requests():
+    llm = LLM("tiny", device="cpu", dtype="float32", block_size=4, num_kv_blocks=400)
+    bm = llm.engine.block_manager
+    prompt = HEADER * 3
+    llm.engine.add_request("g", prompt, SamplingParams(temperature=1.0, max_tokens=3, n=4, seed=0))
+    llm.engine.step()  # prefill once, fork three siblings
+    shared = bm.num_blocks - bm.num_free_blocks
+    llm.engine.abort_request("g")
+    assert bm.num_free_blocks == bm.num_blocks
+    for i in range(4):
+        llm.engine.add_request(f"s{i}", prompt, SamplingParams(temperature=1.0, max_tokens=3, seed=i))
+    while bm.num_free_blocks == bm.num_blocks or llm.engine.scheduler.waiting:
+        llm.engine.step()
+    separate = bm.num_blocks - bm.num_free_blocks
+    assert shared < separate / 2

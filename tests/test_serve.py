@@ -286,3 +286,15 @@ def test_api_key_and_graceful_shutdown():
             stopper.join()
         assert rest[-1] == "data: [DONE]"
         assert proc.proc.returncode == 0 and not port_is_open(proc.port)
+
+
+def test_bench_serve_counts_every_token_of_every_request(server):
+    from inferlab.bench.serve import benchmark, summarize
+    from inferlab.bench.workloads import synthetic_requests
+
+    requests = synthetic_requests(10, (8, 24), (4, 9), 4096, seed=1)
+    (run,) = benchmark(server.url, "tiny", requests, [4])
+    assert run["completed"] == 10 and run["failed"] == 0
+    assert run["output_tokens"] == sum(r.max_tokens for r in requests)
+    assert 0 < run["ttft_p50_ms"] <= run["ttft_p99_ms"] and run["itl_p50_ms"] <= run["itl_p99_ms"]
+    assert summarize([], 1.0, 1)["completed"] == 0
