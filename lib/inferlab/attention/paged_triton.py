@@ -58,7 +58,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, acc, scale,
                  skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """One tile of keys ``n`` (found through the block table) folded into the online softmax (m, l, acc)."""
-    block = tl.load(table_ptr + n // BLOCK_SIZE, mask=n_ok, other=0)
+    block = tl.load(table_ptr + n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)  # no int32 overflow in offsets
     row = n % BLOCK_SIZE
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(KC + block[:, None] * skb + row[:, None] * sks + kvh * skh + d[None, :], mask=kv_mask, other=0.0)

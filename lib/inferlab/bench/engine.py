@@ -190,20 +190,26 @@ def machine_roofs(device: str) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ the peers
-def run_peers(sizes: dict, device: str, requests: list[Request], deadline: float, save) -> dict[str, Any]:
-    """transformers: static batches, continuous batching, batch-1 generate (plain, static cache + compile)."""
+def run_peers(sizes: dict, device: str, requests: list[Request], deadline: float, save,
+              static_n: int | None = None) -> dict[str, Any]:
+    """transformers: static batches, continuous batching, batch-1 generate (plain, static cache + compile).
+
+    ``static_n``: run the static batches on the first ``static_n`` requests only (whole batches of
+    the same workload; its throughput is per batch), when the full run would not fit the time budget.
+    """
     from inferlab.bench.peers import hf_generate_batch1, hf_generate_continuous, hf_generate_static
     from inferlab.bench.roofline import build_model
 
     peer, _ = build_model(_shape(sizes), device, sizes["dtype"])
     out: dict[str, Any] = {}
     jobs = [
-        ("hf_static", lambda: _tok_s(hf_generate_static(peer, requests, sizes["static_batch"]),
-                                     {"batch_size": sizes["static_batch"], "padding": "left", "requests": len(requests)})),
+        ("hf_batch1", lambda: {"tok_s": hf_generate_batch1(peer, sizes["batch1_prompt"], 64)["tokens_per_s"]}),
+        ("hf_static", lambda: _tok_s(hf_generate_static(peer, requests[:static_n], sizes["static_batch"]),
+                                     {"batch_size": sizes["static_batch"], "padding": "left",
+                                      "requests": len(requests[:static_n])})),
         ("hf_continuous", lambda: _tok_s(hf_generate_continuous(peer, requests), {
             "api": "generate_batch", "requests": len(requests), "max_new_tokens": round(sum(r.max_tokens for r in requests) / len(requests)),
             "note": "one max_new_tokens for every request (generate_batch has no per-request length)"})),
-        ("hf_batch1", lambda: {"tok_s": hf_generate_batch1(peer, sizes["batch1_prompt"], 64)["tokens_per_s"]}),
         ("hf_batch1_static_compile", lambda: {"tok_s": hf_generate_batch1(
             peer, sizes["batch1_prompt"], 64, cache_implementation="static")["tokens_per_s"]}),
     ]
@@ -276,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="number of requests (default: 256 GPU, 12 CPU)")
     parser.add_argument("--budget-s", type=float, default=1e9, help="skip the peers left when this many seconds are spent")
     parser.add_argument("--skip-peers", action="store_true", help="measure only inferlab")
+    parser.add_argument("--static-n", type=int, default=None, help="run transformers' static batches on this many requests")
     parser.add_argument("--out", default=None, help="output folder (default data/results)")
     args = parser.parse_args(argv)
     from inferlab.bench import save_result
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             _ratios(payload)
             save()
 
-        run_peers(sizes, device, requests, start + args.budget_s, save_peers)
+        run_peers(sizes, device, requests, start + args.budget_s, save_peers, args.static_n)
     path = save()
     print(json.dumps({k: payload[k] for k in ("systems", "batch1", "ratios") if k in payload}, indent=1))
     print(f"wrote {path}")

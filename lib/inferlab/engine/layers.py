@@ -78,6 +78,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and _fused(x.device):
+            from inferlab.engine.fused_triton import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)  # the same arithmetic in one kernel
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -147,3 +151,19 @@ class RotaryEmbedding(nn.Module):
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + rotate_half(x) * sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """:meth:`RotaryEmbedding.apply`, as one fused kernel on a GPU (:mod:`inferlab.engine.fused_triton`)."""
+    if x.is_cuda and _fused(x.device):
+        from inferlab.engine.fused_triton import rope
+
+        return rope(x, cos, sin)
+    return RotaryEmbedding.apply(x, cos, sin)
+
+
+def _fused(device) -> bool:
+    """Fused kernels on this device: triton installed, and a one-time check against the PyTorch code passed."""
+    from inferlab.engine.fused_triton import fused_ok
+
+    return fused_ok(device)

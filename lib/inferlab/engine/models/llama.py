@@ -23,6 +23,7 @@ from inferlab.engine.layers import (
     QKVLinear,
     RMSNorm,
     RotaryEmbedding,
+    apply_rotary,
 )
 
 
@@ -38,8 +39,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
-        q = RotaryEmbedding.apply(q.view(-1, self.num_heads, self.head_dim), cos, sin)
-        k = RotaryEmbedding.apply(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+        q = apply_rotary(q.view(-1, self.num_heads, self.head_dim), cos, sin)
+        k = apply_rotary(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
         out = self.attn(q, k, v.view(-1, self.num_kv_heads, self.head_dim), meta)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
