@@ -37,7 +37,7 @@ def compare_runs(baseline: Sequence[float], candidate: Sequence[float]) -> dict[
     says so, and "too noisy to conclude" when the range straddles 1 or there is a single run.
     """
     if len(baseline) == len(candidate):
-        ratios = [b / c for b, c in zip(baseline, candidate)]
+        ratios = [b / c for b, c in zip(baseline, candidate, strict=True)]
     else:
         ratios = [min(baseline) / max(candidate), max(baseline) / min(candidate)]
     ratio = statistics.median(baseline) / statistics.median(candidate)

@@ -225,8 +225,8 @@ for rate in RATES:
                         [r["ttft_p50_ms"] for r in runs_by[(rate, "continuous")]])
     keeps = [p for p in ("static", "continuous")
              if min(r["throughput_tok_s"] for r in runs_by[(rate, p)]) >= 0.9 * offered[rate]]
-    print(f"{rate:4.0f} req/s: {' and '.join(keeps) or 'neither'} kept up in every run; continuous vs static "
-          f"median TTFT: {ttft['text']}")
+    print(f"{rate:4.0f} req/s: {' and '.join(keeps) or 'neither'} kept up in every run; static's median TTFT is "
+          f"{ttft['text']} continuous batching's")
 #
 # Recorded on an H200 (Llama-3.2-1B shape with random bf16 weights, `python -m inferlab.bench batching`;
 # the workload it ran is printed with it):

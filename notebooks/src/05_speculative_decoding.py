@@ -60,6 +60,9 @@ from inferlab.viz.speculative import (
 from inferlab.viz import setup_plotly
 
 setup_plotly()
+if not torch.cuda.is_available():
+    # The tiny models' matrices are small: synchronising two threads costs more than the math.
+    torch.set_num_threads(1)
 torch.manual_seed(0)
 target, tok = il.load_model(MODEL, device=DEVICE)
 draft, _ = il.load_model(DRAFT, device=DEVICE)

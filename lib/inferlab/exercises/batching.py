@@ -6,9 +6,16 @@ import random
 from collections.abc import Callable
 
 from inferlab.bench.workloads import static_decode_waste
-from inferlab.exercises import Blank, Check, attempt, close_enough, not_answered, show_solution, verdict
+from inferlab.exercises import (
+    Blank,
+    Check,
+    attempt,
+    close_enough,
+    not_answered,
+    show_solution,
+    verdict,
+)
 from inferlab.paging import cdiv
-
 
 SOLUTIONS = {
     "last_token_index": '''def last_token_index(lengths, width):

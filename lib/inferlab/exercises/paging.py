@@ -7,7 +7,6 @@ from collections.abc import Callable
 from inferlab.exercises import Blank, Check, attempt, not_answered, show_solution, verdict
 from inferlab.paging import BlockAllocator, cdiv, slot_for
 
-
 SOLUTIONS = {
     "slot": '''def slot(block_table, position, block_size):
     block = block_table[position // block_size]      # the physical block holding this logical block

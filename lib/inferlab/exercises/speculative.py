@@ -6,9 +6,16 @@ from collections.abc import Callable
 
 import torch
 
-from inferlab.exercises import Blank, Check, attempt, close_enough, not_answered, show_solution, verdict
+from inferlab.exercises import (
+    Blank,
+    Check,
+    attempt,
+    close_enough,
+    not_answered,
+    show_solution,
+    verdict,
+)
 from inferlab.speculative import expected_speedup, expected_tokens_per_step, optimal_k
-
 
 SOLUTIONS = {
     "residual": '''def residual(p, q):

@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+
 def repository(pyproject: Path | None = None) -> str:
     """``owner/name`` of the GitHub repository: the one place it is set is ``[project.urls] Homepage``
     in pyproject.toml (a fork changes that line and rebuilds the notebooks); ``INFERLAB_REPO``

@@ -134,14 +134,14 @@ def _draw_bar(ax, axes: _Axes, trace: dict[str, Any], i: int, group: tuple[int, 
     else:
         key = (id(ax), horizontal)
         bottom = np.array([stacks.setdefault(key, {}).get(c, 0.0) for c in cats])
-        for c, v in zip(cats, vals):
+        for c, v in zip(cats, vals, strict=True):
             stacks[key][c] = stacks[key].get(c, 0.0) + (0.0 if np.isnan(v) else v)
     draw = ax.barh if horizontal else ax.bar
     bars = draw(pos, vals, width, bottom, color=_color(trace, i), label=trace.get("name"), edgecolor="white",
                 linewidth=0.3, **({"hatch": "//"} if (trace.get("marker") or {}).get("pattern") else {}))
     texts = trace.get("text")
     if texts is not None and not isinstance(texts, str):
-        for bar, text in zip(bars, _array(texts)):
+        for bar, text in zip(bars, _array(texts), strict=False):
             if text not in (None, ""):
                 x, y = bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height() / 2
                 ax.annotate(str(text), (x, y), ha="center", va="center", fontsize=6)
@@ -165,7 +165,7 @@ def _draw_scatter(ax, axes: _Axes, trace: dict[str, Any], i: int) -> Any:
     if "text" in mode and trace.get("text") is not None:
         where = str(trace.get("textposition", ""))
         dx, ha = (-4, "right") if "left" in where else (4, "left") if "right" in where else (0, "center")
-        for x, y, text in zip(xs, ys, _array(trace["text"])):
+        for x, y, text in zip(xs, ys, _array(trace["text"]), strict=False):
             if text not in (None, "") and not (np.isnan(x) or np.isnan(y)):
                 ax.annotate(str(text), (x, y), textcoords="offset points", xytext=(dx, -9 if "bottom" in where else 5),
                             ha=ha, fontsize=6)
