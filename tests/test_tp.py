@@ -121,7 +121,8 @@ def test_llm_tp2_greedy_equals_tp1_and_halves_the_kv_cache(device):
     from inferlab import LLM
     from inferlab.kvcache import kv_cache_bytes
 
-    settings = dict(device=device, dtype="float32", num_kv_blocks=64, block_size=16)
+    settings = dict(device=device, dtype="float32", num_kv_blocks=64, block_size=16,
+                    enforce_eager=True, attention_backend="sdpa")  # the split under test, not the kernels
     one = LLM("tiny", **settings)
     two = LLM("tiny", tensor_parallel_size=2, **settings)
     try:

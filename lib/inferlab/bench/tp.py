@@ -164,7 +164,7 @@ def check_equality(device: str = "cpu", max_tokens: int = 24) -> dict[str, Any]:
 
     prompts = ["def add(a, b):", "import os\n", "class Foo:", "for i in range(", "    return self."]
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    settings = dict(device=device, dtype="float32", num_kv_blocks=64)
+    settings = dict(device=device, dtype="float32", num_kv_blocks=64, enforce_eager=True, attention_backend="sdpa")
     ref = [o.outputs[0].token_ids for o in LLM("tiny", **settings).generate(prompts, params)]
     llm = LLM("tiny", tensor_parallel_size=2, **settings)
     try:
