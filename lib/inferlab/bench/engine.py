@@ -334,3 +334,48 @@ def _ratios(payload: dict) -> None:
     if b1.get("inferlab_tok_s") and b1.get("bound_tok_s"):
         out["batch1_fraction_of_bound"] = round(b1["inferlab_tok_s"] / b1["bound_tok_s"], 3)
     payload["ratios"] = out
+
+
+# ------------------------------------------------------------------ for the notebooks (live runs)
+def decode_modes(model: Any = "tiny", device: str | None = None, batch: int = 1, context: int = 128,
+                 dtype: str | None = None) -> dict[str, Any]:
+    """One decode step of our engine, eager and (on CUDA) replayed as a CUDA graph, beside the bandwidth bound.
+
+    Notebook 01's live roofline: what launch overhead costs, and how much of it a graph removes.
+    Returns seconds per step and tokens/s for each mode, plus the bound from the measured copy bandwidth.
+    """
+    from inferlab.configs import as_dict, known_models
+    from inferlab.device import pick_device
+    from inferlab.roofline import decode_tokens_per_s_bound, measure_copy_bandwidth
+
+    device = pick_device(device)
+    if isinstance(model, str) and model.lower() in known_models():
+        model = as_dict(model)  # a shipped config: random weights of that shape
+    on_cuda = device.startswith("cuda")
+    dtype = dtype or ("bfloat16" if on_cuda else "float32")
+    runner = ModelRunner(model, device=device, dtype=dtype, block_size=16, max_num_seqs=max(batch, 1),
+                         num_kv_blocks=batch * (-(-context // 16)) + 1)
+    out: dict[str, Any] = {"device": device, "batch": batch, "context": context, "dtype": dtype}
+    for graphed in (False, True) if runner.graphs is not None else (False,):
+        seconds = decode_step_seconds(runner, batch, context, graphed)
+        out["graphed" if graphed else "eager"] = {"s_per_step": seconds, "tok_s": batch / seconds}
+    bandwidth = measure_copy_bandwidth(device, nbytes=(1 << 30) if on_cuda else (1 << 26))["bytes_per_s"]
+    shape = model if isinstance(model, dict) else json.loads((runner.checkpoint / "config.json").read_text())
+    out["bound_tok_s"] = decode_tokens_per_s_bound(shape, batch, context, bandwidth, weight_dtype=dtype, kv_dtype=dtype)
+    out["bandwidth_bytes_s"] = bandwidth
+    return out
+
+
+def live_run(device: str | None = None, n: int | None = None) -> dict[str, Any]:
+    """A small live run of the benchmark's inferlab part (notebook 03 draws it beside the H200 record)."""
+    from inferlab.device import pick_device
+
+    device = pick_device(device)
+    sizes = dict(GPU if device.startswith("cuda") else CPU)
+    if n:
+        sizes["n"] = n
+    runner = build_runner(sizes, device)
+    requests = synthetic_requests(sizes["n"], sizes["prompt_len"], sizes["output_len"], runner.config.vocab_size, seed=0)
+    return {"device": device, "model": sizes["model"], "requests": len(requests),
+            "inferlab": run_inferlab(runner, requests, sizes),
+            "batch1_tok_s": batch1_inferlab(runner, sizes, graphed=runner.graphs is not None)}
