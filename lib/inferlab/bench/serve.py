@@ -115,12 +115,24 @@ def summarize(timings: list[RequestTiming], wall: float, concurrency: int) -> di
 
 def benchmark(url: str, model: str, requests: list[Request], concurrencies: list[int]) -> list[dict[str, Any]]:
     """One load run per concurrency (after a short warm-up), in order."""
-    asyncio.run(run_load(url, model, requests[:2], 2))
+    _run(run_load(url, model, requests[:2], 2))
     runs = []
     for n in concurrencies:
-        timings, wall = asyncio.run(run_load(url, model, requests, n))
+        timings, wall = _run(run_load(url, model, requests, n))
         runs.append(summarize(timings, wall, n))
     return runs
+
+
+def _run(coro):
+    """``asyncio.run``, also from inside a running loop (a Jupyter cell): then in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def format_runs(runs: list[dict[str, Any]]) -> str:

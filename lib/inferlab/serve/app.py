@@ -24,7 +24,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from inferlab.engine.async_engine import AsyncLLMEngine, EngineDeadError, RequestStream, StreamOutput
+from inferlab.engine.async_engine import (
+    AsyncLLMEngine,
+    EngineDeadError,
+    RequestStream,
+    StreamOutput,
+)
 from inferlab.engine.sampling_params import SamplingParams
 from inferlab.serve.metrics import ServerMetrics
 from inferlab.serve.protocol import openai_error, tgi_error

@@ -19,7 +19,13 @@ from fastapi import APIRouter, Request
 
 from inferlab.engine.async_engine import SampleDelta
 from inferlab.serve.app import (
-    FINISH_REASONS, ServeError, ServingEngine, merge, sampling_params, sse, until_disconnect,
+    FINISH_REASONS,
+    ServeError,
+    ServingEngine,
+    merge,
+    sampling_params,
+    sse,
+    until_disconnect,
 )
 from inferlab.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
 
