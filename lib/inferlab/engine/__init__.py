@@ -14,11 +14,14 @@ The split follows nano-vllm, the names follow vLLM:
 - :mod:`~inferlab.sampling`              greedy, temperature, top-k, top-p, per-request seeds
 - :mod:`~inferlab.engine.llm_engine`      ``LLMEngine.step()``: schedule, run, sample, finish
 - :mod:`~inferlab.engine.llm`             ``LLM.generate`` / ``LLM.stream``
+- :mod:`~inferlab.engine.async_engine`    ``AsyncLLMEngine``: one step loop owning the engine, per-request queues (serving)
+- :mod:`~inferlab.engine.detokenizer`     incremental detokenization and stop strings, linear in the output
 - :mod:`~inferlab.engine.compat`          the tutorial's ``VLLMInference``, working
 - :mod:`~inferlab.engine.batchers`        the tutorial's ``ContinuousBatcher`` interface done right,
   and ``StaticBatcher``
 """
 
+from inferlab.engine.async_engine import AsyncLLMEngine
 from inferlab.engine.batchers import ContinuousBatcher, StaticBatcher
 from inferlab.engine.compat import VLLMInference
 from inferlab.engine.config import EngineConfig, ModelConfig
@@ -31,5 +34,5 @@ from inferlab.engine.sampling_params import SamplingParams
 __all__ = [
     "LLM", "EngineConfig", "SamplingParams", "RequestOutput", "CompletionOutput", "LLMEngine", "RequestTooLarge",
     "StepRecord", "ModelConfig", "ModelRunner", "ContinuousBatcher", "StaticBatcher",
-    "build_engine", "VLLMInference",
+    "build_engine", "VLLMInference", "AsyncLLMEngine",
 ]

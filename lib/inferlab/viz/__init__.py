@@ -3,6 +3,7 @@
 - :mod:`inferlab.viz.kvcache`      notebook 01: memory calculator, per-token tables, roofline
 - :mod:`inferlab.viz.paging`       notebook 02: memory maps, Fig. 2 breakdown, block tables, sharing
 - :mod:`inferlab.viz.batching`     notebook 03: engine step traces (slot Gantt, pool usage), latency vs rate
+- :mod:`inferlab.viz.serving`      notebook 04: serving latency percentiles and throughput vs concurrency
 - :mod:`inferlab.viz.speculative`  notebook 05: token provenance, first-token distributions
 - :mod:`inferlab.viz.flash`        notebook 07: FlashAttention tiling, memory and time vs length
 
