@@ -288,3 +288,21 @@ def test_greedy_loop_is_explained_beside_sampling():
     text = "\n".join(_text(c) for c in nb["cells"])
     assert "do_sample=True" in text and "loop" in text
     assert any("short of data" in _outputs(c) for c in nb["cells"])
+
+
+def test_display_widget_carries_a_static_view(monkeypatch):
+    import IPython.display
+    import plotly.graph_objects as go
+
+    from inferlab.viz.static import display_widget
+
+    class FakeWidget:
+        def _repr_mimebundle_(self, **_):
+            return {"application/vnd.jupyter.widget-view+json": {"model_id": "m"}, "text/plain": "interactive(children=(...))"}
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda bundle, raw=False: shown.append(bundle))
+    display_widget(FakeWidget(), go.Figure(go.Bar(x=[1], y=[2])), "default: 56 sequences fit")
+    (bundle,) = shown
+    assert bundle["image/png"] and bundle["text/plain"] == "default: 56 sequences fit"
+    assert "application/vnd.jupyter.widget-view+json" in bundle

@@ -100,19 +100,14 @@ def _plan_and_view(model: str, seq_len: int, batch_size: int, kv_dtype: str, tp_
 
 
 def _with_static_view(widget, start: dict[str, Any]) -> None:
-    """Display ``widget`` once, its output bundle also carrying a PNG and a text of the default state,
-    which GitHub, nbviewer and offline HTML show where no widget manager runs."""
-    from IPython.display import display
-
-    from inferlab.viz.static import figure_png_base64
+    """Display ``widget`` once, with a picture and a text of the default state for readers without a kernel."""
+    from inferlab.viz.static import display_widget
 
     plan = kv.memory_plan(start["model"], configs.gpu_memory_bytes(start["gpu"]), start["seq_len"], start["kv_dtype"],
                           tp_size=start["tp_size"], batch_size=start["batch_size"])
-    bundle = dict(widget._repr_mimebundle_())
-    bundle["image/png"] = figure_png_base64(memory_figure(plan, start["gpu"]))
-    bundle["text/plain"] = "The calculator at its default setting (run the notebook to move its controls):\n" + \
-        describe_plan(plan, start["gpu"], start["batch_size"])
-    display(bundle, raw=True)
+    display_widget(widget, memory_figure(plan, start["gpu"]),
+                   "The calculator at its default setting (run the notebook to move its controls):\n"
+                   + describe_plan(plan, start["gpu"], start["batch_size"]))
 
 
 def calculator(**defaults: Any) -> None:

@@ -248,3 +248,25 @@ def figure_png(figure: dict[str, Any] | Any, dpi: int = 72) -> bytes:
 def figure_png_base64(figure: dict[str, Any] | Any) -> str:
     """:func:`figure_png` as the base64 text a notebook's ``image/png`` output stores."""
     return base64.b64encode(figure_png(figure)).decode("ascii")
+
+
+def display_widget(widget, figure: Any = None, text: str = "") -> None:
+    """Display an ipywidget once, its output bundle also carrying a PNG of ``figure`` (a plotly figure
+    or a matplotlib one, drawn at the widget's default state) and ``text``.
+
+    A live JupyterLab draws the widget; GitHub, nbviewer and offline HTML, which have no widget
+    manager, show the picture and the text instead of ``interactive(children=...``.
+    """
+    from IPython.display import display
+
+    bundle = dict(widget._repr_mimebundle_())
+    if figure is not None:
+        if hasattr(figure, "savefig"):
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=72)
+            bundle["image/png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        else:
+            bundle["image/png"] = figure_png_base64(figure)
+    if text:
+        bundle["text/plain"] = text
+    display(bundle, raw=True)
