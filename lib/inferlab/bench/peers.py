@@ -100,12 +100,13 @@ def hf_generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: 
     return out.shape[1] - len(prompt_ids)
 
 
-@torch.inference_mode()
 def hf_generate_continuous(model, requests: list[Request], max_new_tokens: int | None = None) -> RunResult:
     """transformers' own continuous batching (``generate_batch``, paged attention), greedy, EOS ignored.
 
     ``generate_batch`` takes one ``max_new_tokens`` for every request; default: the requests'
-    mean output length, so the total output tokens match the workload's.
+    mean output length, so the total output tokens match the workload's. Not under
+    ``torch.inference_mode``: ``generate_batch`` runs its loop in a thread of its own, which
+    cannot update tensors created in inference mode.
     """
     from transformers import GenerationConfig
 
