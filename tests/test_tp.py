@@ -194,3 +194,13 @@ def test_sharding_layout_covers_every_weight_once_per_rank_set(full):
     from inferlab.viz.tp import sharding_figure
 
     assert len(sharding_figure(layout, "t").layout.shapes) == len(layout)
+
+
+def test_projection_bytes_and_the_estimate():
+    c = resolve_source({"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "head_dim": 64,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256}).config
+    per_layer = 2048 * 3072 + 2048 * 2048 + 3 * 2048 * 8192
+    assert tp.projection_bytes(c, "bfloat16") == 16 * per_layer * 2
+    one = tp.decode_step_estimate(c, 1, 2e12, 1e-5)
+    assert tp.decode_step_estimate(c, 2, 2e12, 1e-5) == pytest.approx(one / 2 + 32 * 1e-5)
+    assert tp.decode_step_estimate(c, 2, 2e12, 0.0) == pytest.approx(one / 2)

@@ -275,3 +275,25 @@ def sharding_layout(config: ModelConfig, size: int) -> list[dict]:
              "what": "its MLP slice -> partial sum"},
         ]
     return out
+
+
+# --------------------------------------------------------------------------- when it pays: a two-term estimate
+def projection_bytes(config: ModelConfig, dtype: torch.dtype | str = "bfloat16") -> int:
+    """Bytes of every layer's q/k/v, o, gate/up and down weights: what a decode step's projections read."""
+    from inferlab.device import torch_dtype
+
+    c, size = config, torch.empty(0, dtype=torch_dtype(dtype, "cpu")).element_size()
+    qkv = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    per_layer = qkv + c.num_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
+    return c.num_layers * per_layer * size
+
+
+def decode_step_estimate(config: ModelConfig, tp_size: int, bytes_per_s: float, all_reduce_s: float,
+                         dtype: torch.dtype | str = "bfloat16") -> float:
+    """Seconds of a small-batch decode step's projections at ``tp_size``: weight bytes / bandwidth + 2 x layers all-reduces.
+
+    Small batches only (memory-bound: Pope et al. 2022); ``bytes_per_s`` and ``all_reduce_s``
+    should be measured on the machine (the notebook takes them from the recorded H200 run).
+    """
+    reduces = 2 * config.num_layers * all_reduce_s if tp_size > 1 else 0.0
+    return projection_bytes(config, dtype) / tp_size / bytes_per_s + reduces
