@@ -18,12 +18,9 @@ from inferlab.engine.sampling_params import SamplingParams
 class VLLMInference:
     def __init__(self, model_name: str = "tiny", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  trust_remote_code: bool = False, **llm_kwargs: Any):
-        if tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size must be 1: inferlab's engine runs on one device "
-                             "(tensor parallelism is notebook 08's topic)")
         self.model_name = model_name
-        self.llm = LLM(model=model_name, gpu_memory_utilization=gpu_memory_utilization,
-                       trust_remote_code=trust_remote_code, **llm_kwargs)
+        self.llm = LLM(model=model_name, gpu_memory_utilization=gpu_memory_utilization,  # TP > 1: notebook 08
+                       trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
 
     def generate(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9) -> list[dict]:
         """Batch generation; one dict per prompt: prompt, generated text, number of tokens."""
