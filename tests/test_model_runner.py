@@ -133,3 +133,32 @@ def test_loader_names_a_missing_tensor_and_uses_each_parameters_loader():
     qkv = ours.model.layers[0].self_attn.qkv_proj.weight
     hf_attn = model.model.layers[0].self_attn
     assert torch.equal(qkv, torch.cat([hf_attn.q_proj.weight, hf_attn.k_proj.weight, hf_attn.v_proj.weight]))
+
+
+def test_weights_load_straight_in_the_target_dtype(tiny):
+    """Built on the meta device, given bf16 storage, filled from the checkpoint: the same values as casting HF's."""
+    model, _ = tiny
+    runner = ModelRunner("tiny", device="cpu", dtype=torch.bfloat16, block_size=16, num_kv_blocks=8)
+    ours = dict(runner.model.named_parameters())
+    assert {p.dtype for p in ours.values()} == {torch.bfloat16}
+    assert all(hasattr(p, "weight_loader") for n, p in ours.items() if "proj" in n)  # loaders survive the move
+    hf = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    assert torch.equal(ours["model.layers.0.mlp.down_proj.weight"], hf["model.layers.0.mlp.down_proj.weight"])
+    q, k = (hf[f"model.layers.1.self_attn.{n}_proj.weight"] for n in "qk")
+    assert torch.equal(ours["model.layers.1.self_attn.qkv_proj.weight"][: q.shape[0] + k.shape[0]], torch.cat([q, k]))
+
+
+def test_enforce_eager_is_a_setting_and_cpu_runs_eagerly():
+    from inferlab.engine.config import EngineConfig
+
+    with pytest.raises(TypeError, match="enforce_eager"):
+        EngineConfig(enforce_eager="yes")
+    runner = ModelRunner("tiny", device="cpu", dtype=torch.float32, block_size=16, num_kv_blocks=8)
+    assert runner.graphs is None and runner.attention_backend == "sdpa"  # "auto" on a CPU
+
+
+def test_decode_modes_reports_eager_and_the_bound_on_cpu():
+    from inferlab.bench.engine import decode_modes
+
+    out = decode_modes("tiny", "cpu", batch=2, context=24)
+    assert "graphed" not in out and out["eager"]["tok_s"] > 0 and out["bound_tok_s"] > 0
