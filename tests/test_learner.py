@@ -306,3 +306,14 @@ def test_display_widget_carries_a_static_view(monkeypatch):
     (bundle,) = shown
     assert bundle["image/png"] and bundle["text/plain"] == "default: 56 sequences fit"
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_compare_runs_says_when_runs_disagree():
+    from inferlab.stats import compare_runs
+
+    clear = compare_runs([1.0, 1.1, 1.05], [0.5, 0.55, 0.6])
+    assert clear["verdict"] == "faster" and 1.75 <= clear["low"] <= clear["ratio"] <= clear["high"] <= 2.0
+    assert compare_runs([0.5, 0.55], [1.0, 1.1])["verdict"] == "slower"
+    noisy = compare_runs([1.0, 1.1], [1.2, 0.9])
+    assert noisy["verdict"] == "too noisy to conclude" and "too noisy" in noisy["text"]
+    assert "too noisy" in compare_runs([1.0], [0.5])["verdict"], "one run has no spread"
