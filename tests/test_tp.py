@@ -204,3 +204,17 @@ def test_projection_bytes_and_the_estimate():
     one = tp.decode_step_estimate(c, 1, 2e12, 1e-5)
     assert tp.decode_step_estimate(c, 2, 2e12, 1e-5) == pytest.approx(one / 2 + 32 * 1e-5)
     assert tp.decode_step_estimate(c, 2, 2e12, 0.0) == pytest.approx(one / 2)
+
+
+def test_a_dead_worker_is_reported_not_waited_for():
+    from inferlab import LLM
+
+    llm = LLM("tiny", tensor_parallel_size=2, device="cpu", dtype="float32", num_kv_blocks=16)
+    runner = llm.engine.runner
+    runner.procs[0].kill()
+    runner.procs[0].join()
+    try:  # the engine reports a request whose step failed (issue 13) instead of hanging in a collective
+        out = llm.generate(["def f(x):"])[0]
+        assert out.outputs[0].finish_reason == "error" and "has exited" in str(out.error)
+    finally:
+        runner.shutdown()

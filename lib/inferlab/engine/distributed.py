@@ -76,6 +76,9 @@ class TPModelRunner(ModelRunner):
     # ---- rank 0: every call that runs the model or changes the cache goes to all ranks
     def call(self, name: str, *args: Any, reply: bool = False) -> Any:
         """Run ``name(*args)`` on every rank; with ``reply``, return every rank's result (rank 0 first)."""
+        dead = [p for p in self.procs if not p.is_alive()]
+        if dead:  # a collective with a missing rank would wait until the timeout
+            raise RuntimeError(f"tensor-parallel worker {dead[0].name} has exited (code {dead[0].exitcode})")
         for conn in self.conns:
             conn.send((name, args, reply))
         mine = getattr(self, "_local_" + name, None) or getattr(ModelRunner, name).__get__(self)

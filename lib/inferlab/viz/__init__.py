@@ -6,6 +6,7 @@
 - :mod:`inferlab.viz.serving`      notebook 04: serving latency percentiles and throughput vs concurrency
 - :mod:`inferlab.viz.speculative`  notebook 05: token provenance, first-token distributions
 - :mod:`inferlab.viz.flash`        notebook 07: FlashAttention tiling, memory and time vs length
+- :mod:`inferlab.viz.tp`           notebook 08: who holds which weight slice, all-reduce and step times
 
 Every drawing function takes results computed elsewhere (the technique module, a benchmark
 or the notebook) and returns a figure or text; none of them runs a model or a simulation.
