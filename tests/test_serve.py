@@ -245,6 +245,9 @@ def test_bad_input_is_a_4xx_in_openais_shape_while_good_requests_stream(server, 
     for t in threads:
         t.join()
     assert all(results[p] == greedy(llm, p, 30).text for p in good)
+    chunked = httpx.post(f"{server.url}/v1/completions", headers={"content-type": "application/json"},
+                         content=(b"x" * 65536 for _ in range(40)), timeout=30)  # no Content-Length: counted
+    assert chunked.status_code == 413 and "limit" in chunked.json()["error"]["message"]
     bad_tgi = httpx.post(f"{server.url}/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 0}})
     assert bad_tgi.status_code == 400 and bad_tgi.json()["error_type"] == "validation"
 

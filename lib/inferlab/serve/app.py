@@ -212,16 +212,56 @@ OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
 
 
 def _install_guards(app: FastAPI, serving: ServingEngine, max_body_bytes: int) -> None:
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return _error_response(request, ServeError(413, f"request body is {length} bytes; the limit is {max_body_bytes}"))
         if serving.api_key and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not secrets.compare_digest(given.encode(), serving.api_key.encode()):
                 return _error_response(request, ServeError(401, "missing or wrong API key", code="invalid_api_key"))
         return await call_next(request)
+
+
+class BodyLimit:
+    """413 for a body over ``max_bytes``: by its Content-Length up front, or counted as it streams in (chunked)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send, f"{int(length)} bytes")
+        seen, over = 0, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    return {"type": "http.disconnect"}  # the app stops reading; we answer below
+            return message
+
+        async def unless_over(message) -> None:
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except Exception:  # noqa: BLE001 — only an interrupted read of a too-large body lands here
+            if not over:
+                raise
+        if over:
+            await self._refuse(scope, receive, send, f"more than {self.max_bytes} bytes")
+
+    async def _refuse(self, scope, receive, send, size: str) -> None:
+        err = ServeError(413, f"request body is {size}; the limit is {self.max_bytes}")
+        await _error_response(Request(scope), err)(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
