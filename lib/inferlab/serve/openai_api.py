@@ -27,7 +27,14 @@ from inferlab.serve.app import (
     sse,
     until_disconnect,
 )
-from inferlab.serve.protocol import ChatCompletionRequest, CompletionRequest, usage
+from inferlab.serve.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    usage,
+)
 
 router = APIRouter()
 STARTED = int(time.time())
@@ -49,7 +56,7 @@ class Choice:
     finish_reason: str | None = None
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> dict[str, Any]:
     serving: ServingEngine = request.app.state.serving
     return {"object": "list", "data": [
@@ -57,7 +64,7 @@ async def list_models(request: Request) -> dict[str, Any]:
          "max_model_len": serving.max_model_len} for name in serving.model_names]}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request):
     serving: ServingEngine = request.app.state.serving
     serving.check_model(body.model)
@@ -73,7 +80,7 @@ async def completions(body: CompletionRequest, request: Request):
             "usage": usage(sum(map(len, prompts)), sum(c.num_tokens for c in choices))}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     serving: ServingEngine = request.app.state.serving
     serving.check_model(body.model)

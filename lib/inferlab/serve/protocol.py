@@ -4,8 +4,8 @@ OpenAI's ``/v1/completions`` and ``/v1/chat/completions`` (the fields vLLM's
 OpenAI-compatible server accepts, plus its ``top_k`` and ``ignore_eos`` extensions) and
 Text Generation Inference's ``/generate`` family (what ``huggingface_hub.InferenceClient``
 sends). Unknown fields are ignored, as both servers do; a field of the wrong type or out
-of range is a 400 naming the field. Responses are built as plain dicts of the same shape
-(:mod:`inferlab.serve.openai_api`, :mod:`inferlab.serve.tgi_api`).
+of range is a 400 naming the field. The response models are what the non-streaming routes
+return (FastAPI checks every answer against them); streamed chunks have the same fields.
 """
 
 from __future__ import annotations
@@ -93,6 +93,105 @@ class TGIRequest(_Body):
     inputs: str = Field(min_length=1)
     parameters: TGIParameters = Field(default_factory=TGIParameters)
     stream: bool = False
+
+
+# ---------------------------------------------------------------- responses (what the routes promise)
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo
+
+
+class ChatLogprob(BaseModel):
+    token: str
+    logprob: float | None
+    bytes: list[int] | None = None
+
+
+class ChatLogprobEntry(ChatLogprob):
+    top_logprobs: list[ChatLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatLogprobEntry] | None = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TGIToken(BaseModel):
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+class TGIDetails(BaseModel):
+    finish_reason: Literal["length", "eos_token", "stop_sequence"]
+    generated_tokens: int
+    seed: int | None = None
+    prefill: list[TGIToken] = Field(default_factory=list)
+    tokens: list[TGIToken] = Field(default_factory=list)
+    top_tokens: list[list[TGIToken]] | None = None
+
+
+class TGIGenerateResponse(BaseModel):
+    generated_text: str
+    details: TGIDetails | None = None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -18,12 +18,12 @@ from fastapi import APIRouter, Request
 import inferlab
 from inferlab.engine.async_engine import StreamOutput
 from inferlab.serve.app import ServingEngine, merge, sampling_params, sse, until_disconnect
-from inferlab.serve.protocol import TGIParameters, TGIRequest
+from inferlab.serve.protocol import TGIGenerateResponse, TGIParameters, TGIRequest
 
 router = APIRouter()
 
 
-@router.post("/")
+@router.post("/", response_model=list[TGIGenerateResponse])
 async def compat_generate(body: TGIRequest, request: Request):
     """What ``InferenceClient.text_generation`` calls: a stream, or a one-element list."""
     if body.stream:
@@ -31,7 +31,7 @@ async def compat_generate(body: TGIRequest, request: Request):
     return [await generate(body, request)]
 
 
-@router.post("/generate")
+@router.post("/generate", response_model=TGIGenerateResponse)
 async def generate(body: TGIRequest, request: Request) -> dict[str, Any]:
     serving: ServingEngine = request.app.state.serving
     prompt, stream = await _submit(serving, body)
