@@ -285,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help="comma-separated quality rows (default: all)")
     p.add_argument("--no-quality", action="store_true")
     p.add_argument("--quick", action="store_true", help="fewer perplexity windows")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: tiny matmuls gain nothing from more)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     from inferlab.device import pick_device
 
     device = pick_device(args.device)
+    torch.set_num_threads(args.threads)
     shapes = args.shapes if args.shapes is not None else ("llama-3-8b,llama-3.2-1b" if device.startswith("cuda") else "")
     payload: dict = {"device": device, "model": args.model, "quality": [], "decode": []}
 

@@ -21,7 +21,7 @@ from inferlab.quant import rtn
 class InputRecorder:
     """Hooks that record each linear's inputs (up to ``max_rows``) and which module produced them."""
 
-    def __init__(self, model: torch.nn.Module, linears: dict[str, torch.nn.Module], max_rows: int = 2048):
+    def __init__(self, model: torch.nn.Module, linears: dict[str, torch.nn.Module], max_rows: int = 1024):
         self.inputs = {n: [] for n in linears}
         self.input_key: dict[str, int] = {}
         self.producers: dict[int, str] = {}

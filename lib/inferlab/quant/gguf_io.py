@@ -9,6 +9,7 @@ one fp16 scale (8.5 bits per weight); Q4_0 as 16 bytes of 4-bit codes and one fp
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -128,19 +129,29 @@ def export_gguf(model, tokenizer, path, qtype: str = "Q8_0") -> Path:
 def load_gguf(path, device: str | None = None, dtype=None):
     """``(model, tokenizer)`` from a GGUF file through transformers (weights dequantized on load)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from inferlab.device import pick_device, torch_dtype
     from inferlab.quant.formats import require
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
     require("gguf", what="load_gguf")
     device = pick_device(device)
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:  # its per-tensor progress bar would land in every notebook's stored output
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=torch_dtype(dtype, device))
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except (ValueError, OSError, EOFError, KeyError, IndexError, struct.error) as err:
         raise ValueError(f"{path} is not a readable GGUF file (corrupt or truncated?): {err}") from err
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
     return model.to(device).eval(), tokenizer
