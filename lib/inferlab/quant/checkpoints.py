@@ -221,7 +221,7 @@ def _load_with_transformers(path: Path, fmt: str, device, dtype):
     from inferlab.device import pick_device, torch_dtype
     from inferlab.quant.formats import require
 
-    require("gptqmodel", "optimum", what=f"loading {fmt.upper()} through transformers") if fmt == "gptq" else \
-        require("gptqmodel", "accelerate", what="loading AWQ through transformers")
+    extra = "optimum" if fmt == "gptq" else "accelerate"
+    require("gptqmodel", extra, what=f"loading {fmt.upper()} through transformers")
     device = pick_device(device)
     return AutoModelForCausalLM.from_pretrained(path, device_map=device, dtype=torch_dtype(dtype, device)).eval()
