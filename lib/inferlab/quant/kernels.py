@@ -10,6 +10,12 @@ For int4 the group constants are factored out of the inner product:
 dot product unscaled. Few output tiles would leave most SMs idle at batch 1, so the K
 dimension is split across programs that add their partial sums atomically (split-K).
 Only for rows ≤ :data:`MAX_ROWS` (decode); larger batches take the reference path.
+
+Measured on an H200 (data/results/quant-h200.json, Llama-3-8B shape, batch 1, CUDA graphs): int8
+1.26× bf16, int4 0.85×: about 1.6 and 0.6 TB/s of weight reads, against 2.4 TB/s for cuBLAS bf16.
+Not tuned yet: one fixed tile shape (no autotuning), fp32 atomics for split-K, and the int4 path
+loads activations at stride 2 to pair them with low and high nibbles; a Marlin-style layout
+(codes pre-shuffled so one 128-bit load feeds the tensor cores) is the known next step.
 """
 
 from __future__ import annotations
