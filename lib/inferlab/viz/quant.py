@@ -12,16 +12,20 @@ __all__ = ["decode_figure", "error_bits_figure", "gptq_figure", "histogram_figur
            "quality_figure"]
 
 
-def histogram_figure(series: dict[str, Any], title: str, bins: int = 120):
-    """Overlaid histograms (log counts, so the rare outliers show) of named 1-D arrays."""
+def histogram_figure(series: dict[str, tuple[Any, Any]], title: str):
+    """Histograms (log counts, so the rare outliers show), given as ``{name: (bin centers, counts)}``,
+    one panel each, since weights and activations live on very different scales."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
-    for i, (name, values) in enumerate(series.items()):
-        fig.add_trace(go.Histogram(x=list(map(float, values)), name=name, nbinsx=bins, opacity=0.6,
-                                   marker_color=PALETTE[i % len(PALETTE)]))
-    fig.update_layout(barmode="overlay", title=title, yaxis_type="log", yaxis_title="count (log)",
-                      xaxis_title="value", height=340)
+    fig = make_subplots(rows=1, cols=len(series), subplot_titles=list(series))
+    for i, (name, (centers, counts)) in enumerate(series.items()):
+        fig.add_trace(go.Bar(x=[float(c) for c in centers], y=[float(c) for c in counts], name=name,
+                             marker_color=PALETTE[i % len(PALETTE)], showlegend=False), row=1, col=i + 1)
+    fig.update_layout(title=title, height=340, bargap=0)
+    fig.update_yaxes(type="log", title_text="count (log)", col=1)
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="value")
     return fig
 
 
