@@ -59,3 +59,12 @@ def test_left_padding_values_never_reach_the_embedding(decoder, expected):
     mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     out = decoder.generate(ids, attention_mask=mask, max_new_tokens=5, temperature=0.0)
     assert out.new_tokens == expected and out.sequences == [PROMPT[0] + expected[0]]
+
+
+@pytest.mark.parametrize("k", [math.nan, "4", 2.5, True, 0, None])
+def test_bad_k_is_named_never_a_conversion_error(pair, k):
+    target, draft, tok = pair
+    with pytest.raises(ValueError, match="num_speculative_tokens"):
+        SpeculativeDecoder(target, draft, tok, num_speculative_tokens=k)
+    with pytest.raises(ValueError, match="max_k"):
+        SpeculativeDecoder(target, draft, tok, adaptive_k=True, max_k=math.nan)

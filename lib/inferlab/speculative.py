@@ -37,6 +37,8 @@ theory (:func:`expected_tokens_per_step`, :func:`expected_speedup`).
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,10 +92,11 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha is an acceptance rate and must lie in [0, 1], got {alpha}")
 
 
-def _check_k(k: int) -> None:
-    if int(k) != k or k < 1:
+def _check_k(k: int, name: str = "num_speculative_tokens (k)") -> None:
+    whole = isinstance(k, numbers.Real) and not isinstance(k, bool) and math.isfinite(k) and int(k) == k
+    if not whole or k < 1:
         raise ValueError(
-            f"num_speculative_tokens (k) must be an integer ≥ 1, got {k!r}; "
+            f"{name} must be an integer ≥ 1, got {k!r}; "
             "use k=1..8 (for the target alone, call plain_generate)"
         )
 
@@ -382,6 +385,8 @@ class _DecoderBase:
         self.target = target
         self.tokenizer = tokenizer
         self.k = int(num_speculative_tokens)
+        if adaptive_k:
+            _check_k(max_k, "max_k")
         self.adaptive_k = adaptive_k
         self.max_k = max(int(max_k), self.k)
         self.vocab_size: int | None = None  # set when the two models' logit widths differ (padded embeddings)
