@@ -92,3 +92,8 @@ def test_qwen2_context_is_capped_only_when_a_layer_slides():
     hf = Qwen2Config(**{**cfg, "max_window_layers": 1})
     assert ModelConfig.from_dict(hf.to_dict()).max_model_len == 64
     assert ModelConfig.from_dict({**cfg, "use_sliding_window": False}).max_model_len == 256
+
+
+def test_llama_ignores_a_stray_sliding_window_as_transformers_does():
+    assert ModelConfig.from_dict({**BASE, "model_type": "llama", "sliding_window": 64}).max_model_len == 256
+    assert ModelConfig.from_dict({**BASE, "model_type": "mistral", "sliding_window": 64}).max_model_len == 64

@@ -199,5 +199,7 @@ def _max_model_len(cfg: dict, model_type: str, max_pos: int) -> int:
     """
     from inferlab.configs import layer_windows
 
+    if model_type == "llama":  # transformers' Llama has no sliding window, whatever the config says
+        return max_pos
     windows = [w for w in layer_windows({"model_type": model_type, **cfg}, int(cfg["num_hidden_layers"])) if w]
     return min(max_pos, *windows) if windows else max_pos
