@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.inferlab-installed
-EXTRAS ?= dev,serve,lab
+EXTRAS ?= dev,serve,quant,lab
 # A CPU build of torch where there is no CUDA: on this machine kind `torch==2.13.0`
 # resolves to a local CPU wheel, while an uncapped `torch` would pull a multi-GB CUDA build.
 TORCH_CPU_SPEC ?= torch==2.13.0

@@ -359,6 +359,49 @@ print(recorded_decode_sentence(recorded) if recorded else "No recorded GPU run y
 # | "Generate one token at a time: low GPU utilization" | True, and batching is the remedy: more sequences per weight read raise the intensity until the KV cache, which is read per sequence, dominates the bytes. |
 
 # %% [markdown]
+# ### 8.1 What a real engine reaches: eager steps vs one CUDA graph per step
+#
+# The decode timings above run a model the way a first implementation does: Python calls each
+# layer, and every layer launches a dozen small GPU kernels. At batch 1 each kernel moves only a
+# few megabytes, so launching it can cost more than running it. inferlab's engine captures the
+# whole decode step (embedding to logits) as a CUDA graph and replays it with one launch
+# (`inferlab.engine.model_runner.DecodeGraphs`). Below: one decode step of the engine, eager,
+# replayed as a graph (on a GPU), and the memory-bandwidth bound (weights + KV cache / copy bandwidth).
+
+# %%
+import torch
+
+from inferlab.bench.engine import decode_modes
+from inferlab.viz.engine import decode_modes_figure
+
+ENGINE_MODEL = "llama-3.2-1b" if torch.cuda.is_available() else "tiny"  # random weights of the 1B shape on a GPU
+modes = decode_modes(ENGINE_MODEL, DEVICE, batch=1, context=256 if torch.cuda.is_available() else 64)
+for mode in ("eager", "graphed"):
+    if mode in modes:
+        print(f"{mode:8s} {modes[mode]['s_per_step'] * 1e3:8.2f} ms/step  {modes[mode]['tok_s']:9.1f} tok/s  "
+              f"{100 * modes[mode]['tok_s'] / modes['bound_tok_s']:5.1f}% of the bound")
+print(f"bound    {modes['bound_tok_s']:9.1f} tok/s at {modes['bandwidth_bytes_s'] / 1e9:.0f} GB/s measured copy bandwidth")
+if "graphed" not in modes:
+    print("(no CUDA here: CUDA graphs need a GPU; the recorded H200 run is in notebook 03)")
+decode_modes_figure(modes)
+
+# %% [markdown]
+# On the H200 the recorded run (data/results/engine-h200.json) timed the same step of the 1B
+# shape both ways, beside its bandwidth bound; the cell below prints them. The graph removes the
+# launch overhead; what is left is kernel quality at batch 1 (matrix-vector products that do not
+# reach full bandwidth, and a few hundred small kernels that each cost a few microseconds).
+
+# %%
+from inferlab.bench import load_result
+
+recorded = load_result("engine", "h200")
+if recorded:
+    step = recorded["decode_step"]["1"]
+    print(f"H200, batch 1, context {step['context']}: eager {1e3 * step['eager_s']:.2f} ms, "
+          f"graphed {1e3 * step['graphed_s']:.2f} ms, bound {1e3 * step['bound_s']:.2f} ms "
+          f"({100 * step['graphed_fraction_of_bandwidth']:.0f}% of copy bandwidth)")
+
+# %% [markdown]
 # ## 9. Exercises
 #
 # **Exercise 1.** Write `kv_per_token(config, bytes_per_element)` for a Hugging Face-style

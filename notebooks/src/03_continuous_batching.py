@@ -381,8 +381,53 @@ print(f"wall time (one run each, so only a rough guide on a busy machine): tutor
 # The fix is three things: a KV cache (compute only new tokens), no padding in attention
 # (flatten the tokens, attend per sequence, or pass an attention mask), and read each row at
 # its own last real token (exercise 1).
+
+# %% [markdown]
+# ## 8. The same engine on an H200, beside transformers
 #
-# ## 8. Exercises
+# `python -m inferlab.bench engine` runs, in one process on the reference workload (256 requests,
+# prompts 64–1024 tokens, outputs 64–512, a Llama-3.2-1B shape with random bf16 weights), our
+# engine, transformers' `generate` on static batches of 32 and transformers' own continuous
+# batching (`generate_batch`; in the recorded file that one ran in a second process on the same
+# workload, and its entry says why). Below: the recorded H200 run, and a small live run of our engine here.
+
+# %%
+from inferlab.bench import load_result
+from inferlab.bench.engine import live_run
+from inferlab.viz.engine import batch1_figure, profile_text, summary_text, systems_figure
+
+recorded = load_result("engine", "h200")
+live = live_run(DEVICE, n=8 if not torch.cuda.is_available() else None)
+print(f"live ({live['device']}, {live['model']}, {live['requests']} requests): "
+      f"{live['inferlab']['output_tok_s']:,.1f} output tok/s, batch-1 decode {live['batch1_tok_s']:,.1f} tok/s")
+if recorded:
+    print(summary_text(recorded))
+systems_figure(recorded, live)
+
+# %%
+if recorded:
+    batch1_figure(recorded).show()
+
+# %% [markdown]
+# ### 8.1 Where the time went
+#
+# A profile of one decode step (`torch.profiler`, top GPU kernels by time per step), eager and
+# replayed as a CUDA graph. Eager, the top line is `aten::mm` *on the host side*: time spent
+# launching; the graph removes that. At batch 256 the paged-attention kernel reading every
+# sequence's KV blocks is the largest item, then the weight matmuls, which now run at a large
+# batch, then small elementwise kernels.
+
+# %%
+if recorded and recorded.get("profile"):
+    print(profile_text(recorded["profile"]))
+    for batch, row in recorded["decode_step"].items():
+        print(f"batch {batch:>3}: {row['bytes'] / 1e9:.2f} GB and {row['flops'] / 1e9:.0f} GFLOP per step; "
+              f"graphed {1e3 * row.get('graphed_s', float('nan')):.2f} ms = "
+              f"{100 * row.get('graphed_fraction_of_bandwidth', 0):.0f}% of bandwidth, "
+              f"{100 * row.get('graphed_fraction_of_flops', 0):.1f}% of bf16 matmul peak")
+
+# %% [markdown]
+# ## 9. Exercises
 
 # %%
 from inferlab.exercises.batching import (check_last_token_index, check_min_kv_blocks, check_preemption_victim,
@@ -425,7 +470,7 @@ answer = None  # your answer, e.g. "b"; stuck? solution("preemption_victim")
 check_preemption_victim(answer, ["a", "b", "c", "d"])
 
 # %% [markdown]
-# ## 9. Summary
+# ## 10. Summary
 #
 # - Static batching runs each batch as long as its longest request: finished rows keep
 #   their slots (and their compute), newcomers wait. Slot utilisation is
