@@ -28,3 +28,12 @@ def pair():
     target, tok = il.load_model("tiny", device="cpu")
     draft, _ = il.load_model("tiny-draft", device="cpu")
     return target, draft, tok
+
+
+@pytest.fixture(scope="module")
+def decoder(pair):
+    """A speculative decoder over the embedded pair, k = 2 (the hardening tests' subject)."""
+    from inferlab.speculative import SpeculativeDecoder
+
+    target, draft, tok = pair
+    return SpeculativeDecoder(target, draft, tok, num_speculative_tokens=2)

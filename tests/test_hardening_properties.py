@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from inferlab import LLM, SamplingParams
 from inferlab.sampling import apply_top_k_top_p
-from inferlab.speculative import SpeculativeDecoder, plain_generate
+from inferlab.speculative import plain_generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,12 +109,6 @@ SPECULATIVE = st.fixed_dictionaries({}, optional={
     "top_p": st.one_of(st.floats(-0.5, 1.5), st.just(1.0), ODD),
     "seed": st.one_of(st.none(), st.integers(-3, 2**70), ODD),
 })
-
-
-@pytest.fixture(scope="module")
-def decoder(pair):
-    target, draft, tok = pair
-    return SpeculativeDecoder(target, draft, tok, num_speculative_tokens=2)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,6 @@ PROMPT = [[5, 6, 7, 8]]
 
 
 @pytest.fixture(scope="module")
-def decoder(pair):
-    target, draft, tok = pair
-    return SpeculativeDecoder(target, draft, tok, num_speculative_tokens=2)
-
-
-@pytest.fixture(scope="module")
 def expected(pair):
     target, _, tok = pair
     return plain_generate(target, tok, PROMPT, max_new_tokens=5, temperature=0.0).new_tokens
