@@ -69,6 +69,18 @@ def count_all_reduce() -> Iterator[AllReduceStats]:
         _METERS.remove(meter)
 
 
+def count_replayed(calls: int, nbytes: int) -> None:
+    """Add all-reduces that ran inside a replayed CUDA graph to every open meter.
+
+    A replay runs the captured NCCL kernels without calling :func:`all_reduce`, so the graph
+    counts them once at capture (:class:`~inferlab.engine.model_runner.DecodeGraphs`) and
+    reports them here on each replay.
+    """
+    for meter in _METERS:
+        meter.calls += calls
+        meter.bytes += nbytes
+
+
 def all_reduce_bytes_per_token(config: ModelConfig, dtype: torch.dtype | str = "bfloat16") -> int:
     """Payload each rank all-reduces per token: two ``hidden``-vectors per layer (after o_proj and down_proj)."""
     from inferlab.device import torch_dtype

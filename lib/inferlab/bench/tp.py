@@ -17,6 +17,7 @@ Four measurements, TP=1 against TP=2, written to ``tp-<device>.json``:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from inferlab import tp
-from inferlab.engine.distributed import free_port, init_process_group
+from inferlab.engine.distributed import diagnose, free_port, init_process_group
 
 BATCHES = [1, 4, 16, 64, 256]
 
@@ -175,53 +176,91 @@ def check_equality(device: str = "cpu", max_tokens: int = 24) -> dict[str, Any]:
             "equal_prompts": sum(a == b for a, b in zip(got, ref, strict=True))}
 
 
+_START = time.perf_counter()
+
+
+def _log(message: str) -> None:
+    """A timestamped progress line, flushed at once: a run that hangs shows how far it got."""
+    print(f"[tp {time.strftime('%H:%M:%S')} +{time.perf_counter() - _START:7.1f} s] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def _phase(tag: str, name: str, seconds: dict[str, float]):
+    """Log the start and end of one phase of an engine run; its duration goes into ``seconds``."""
+    _log(f"{tag}: {name} ...")
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t0, 3)
+    _log(f"{tag}: {name} done in {seconds[name]:.1f} s")
+
+
 def engine_run(model, tp_size: int, device: str, dtype, requests, decode_tokens: int = 64,
                **settings: Any) -> dict[str, Any]:
     """Batch-1 decode step time, all-reduce bytes per token and workload throughput of the engine at ``tp_size``."""
-    from inferlab.bench.workloads import NullTokenizer, Request, run_engine
+    from inferlab.bench.workloads import NullTokenizer, run_engine
     from inferlab.engine.llm import build_engine
 
-    engine = build_engine(model, NullTokenizer(), device=device, dtype=dtype, tensor_parallel_size=tp_size, **settings)
+    tag, phases = f"TP={tp_size}{' eager' if settings.get('enforce_eager') else ''}", {}
+    with _phase(tag, "build engine", phases):
+        engine = build_engine(model, NullTokenizer(), device=device, dtype=dtype, tensor_parallel_size=tp_size,
+                              **settings)
     runner = engine.runner
     try:
-        run_engine(engine, requests[:2], realtime=False)  # warm up
-        one = [Request(list(range(1, 129)), decode_tokens)]
-        if tp_size > 1:
-            runner.call("meter_start", reply=True)
-        run_engine(engine, one, realtime=False)
-        steps = [s.end - s.start for s in engine.trace if all(kind == "decode" for _, kind, _ in s.entries)]
-        metered = runner.call("meter_stop", reply=True)[0] if tp_size > 1 else (0, 0)
-        result = run_engine(engine, requests, realtime=False)
+        with _phase(tag, "warm-up", phases):
+            run_engine(engine, requests[:2], realtime=False)
+        with _phase(tag, "batch-1 decode", phases):
+            steps, metered = _batch1_decode(engine, tp_size, decode_tokens)
+        with _phase(tag, "workload", phases):
+            result = run_engine(engine, requests, realtime=False)
     finally:
         if tp_size > 1:
-            runner.shutdown()
+            with _phase(tag, "shutdown", phases):
+                runner.shutdown()
     tokens = 128 + decode_tokens - 1  # every token through the model once: prompt, then the decodes
     return {"tp": tp_size, "decode_step_ms": [1e3 * t for t in steps], "decode_step_ms_median": 1e3 * statistics.median(steps),
             "all_reduce_calls": metered[0], "all_reduce_bytes_per_token": metered[1] / tokens,
             "throughput_tok_s": result.output_tokens / result.wall_s, "wall_s": result.wall_s,
             "output_tokens": result.output_tokens, "kv_blocks": runner.num_blocks,
             "cuda_graphs": getattr(runner, "graphs", None) is not None,
-            "settings": {k: str(v) for k, v in settings.items()},
+            "settings": {k: str(v) for k, v in settings.items()}, "phase_seconds": phases,
             "kv_cache_bytes_per_rank": runner.kv_cache.nbytes()}
 
 
-def _engine_runs(cfg, device, dtype, reqs, cap, settings) -> dict[str, Any]:
-    """TP=1 and TP=2 engine runs with the engine's defaults; if either fails, both again with enforce_eager."""
-    from dataclasses import fields
+def _batch1_decode(engine, tp_size: int, decode_tokens: int) -> tuple[list[float], tuple[int, int]]:
+    """One request (a 128-token prompt, ``decode_tokens`` outputs): its decode steps' seconds and the all-reduces counted.
 
-    from inferlab.engine.config import EngineConfig
+    The meter counts eager all-reduces as they are called and those inside replayed CUDA graphs
+    as captured (:func:`inferlab.tp.count_replayed`).
+    """
+    from inferlab.bench.workloads import Request, run_engine
 
+    runner = engine.runner
+    if tp_size > 1:
+        runner.call("meter_start", reply=True)
+    run_engine(engine, [Request(list(range(1, 129)), decode_tokens)], realtime=False)
+    steps = [s.end - s.start for s in engine.trace if all(kind == "decode" for _, kind, _ in s.entries)]
+    metered = runner.call("meter_stop", reply=True)[0] if tp_size > 1 else (0, 0)
+    return steps, tuple(metered)
+
+
+def _engine_runs(cfg, device, dtype, reqs, cap, settings, sizes=(1, 2)) -> dict[str, Any]:
+    """The engine at each TP size in ``sizes``; a size that fails with CUDA graphs is run again with enforce_eager.
+
+    A failure is recorded under ``failed_<size>_<mode>`` beside the runs that finished.
+    """
     runs: dict[str, Any] = {}
-    for attempt in (settings, {"enforce_eager": True}):
-        try:
-            for t in (1, 2):
+    attempts = [settings] if settings.get("enforce_eager") else [settings, {**settings, "enforce_eager": True}]
+    for t in sizes:
+        for attempt in attempts:
+            try:
                 runs[str(t)] = engine_run(cfg, t, device, dtype, reqs, **cap, **attempt)
-                torch.cuda.empty_cache() if torch.cuda.is_available() else None
-            return runs
-        except Exception as err:
-            runs["failed_" + ("eager" if attempt else "default")] = f"{type(err).__name__}: {err}"
-            if "enforce_eager" not in {f.name for f in fields(EngineConfig)} or attempt:
-                return runs
+                break
+            except Exception as err:
+                mode = "eager" if attempt.get("enforce_eager") else "default"
+                runs[f"failed_{t}_{mode}"] = f"{type(err).__name__}: {err}"
+                _log(f"TP={t} ({mode}) failed: {runs[f'failed_{t}_{mode}']}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return runs
 
 
@@ -234,6 +273,7 @@ def _args(argv):
     ap.add_argument("--output-len", type=int, nargs=2, default=[64, 128], help="output lengths, uniform (inclusive)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["equality", "all_reduce", "matmuls", "engine"])
     ap.add_argument("--eager", action="store_true", help="engine: enforce_eager (no CUDA graphs)")
+    ap.add_argument("--tp", type=int, nargs="+", default=[1, 2], help="engine: the TP sizes to run (default 1 2)")
     ap.add_argument("--out", default=None, help="folder for tp-<device>.json (default data/results)")
     return ap.parse_args(argv)
 
@@ -245,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from inferlab.engine.config import ModelConfig
 
     a = _args(argv)
+    diagnose("rank 0")  # behind INFERLAB_DIAGNOSE: stack dumps of every rank if a section hangs
     device = a.device or ("cuda" if torch.cuda.device_count() >= 2 else "cpu")
     gpu = device.startswith("cuda")
     name = a.model or ("llama-3.2-1b" if gpu else "tiny")
@@ -255,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def save(key, value):
         payload[key] = value
-        print(f"{key}: done", flush=True)
+        _log(f"{key}: done")
         return save_result("tp", payload, a.out)
+
+    _log(f"device {device}, model {name}, sections: "
+         f"{[k for k in ('equality', 'all_reduce', 'matmuls', 'engine') if k not in a.skip]}")
 
     if "equality" not in a.skip:
         save("equality", check_equality(device))
@@ -269,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         reqs = synthetic_requests(a.requests, (64, 1024) if gpu else (16, 64), tuple(a.output_len), config.vocab_size)
         settings = {"enforce_eager": True} if a.eager else {}
         cap = {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "num_kv_blocks": 8192} if gpu else {"num_kv_blocks": 256}
-        runs = _engine_runs(cfg, device, dtype, reqs, cap, settings)
+        runs = _engine_runs(cfg, device, dtype, reqs, cap, settings, sizes=a.tp)
         save("engine", {"requests": a.requests, "prompt_len": [64, 1024] if gpu else [16, 64],
-                        "output_len": a.output_len, "runs": runs})
+                        "output_len": a.output_len, "eager": a.eager, "runs": runs})
     path = save_result("tp", payload, a.out)
     print(summary(payload))
     print(f"wrote {path}")
@@ -292,6 +336,7 @@ def summary(payload: dict[str, Any]) -> str:
         if not isinstance(r, dict):
             lines.append(f"engine {t}: {r}")
             continue
-        lines.append(f"engine TP={t}: decode step at batch 1 {r['decode_step_ms_median']:.2f} ms, "
-                     f"{r['throughput_tok_s']:.0f} tok/s, all-reduce {r['all_reduce_bytes_per_token']:,.0f} B/token measured")
+        lines.append(f"engine TP={t}{'' if r.get('cuda_graphs') else ' (eager)'}: decode step at batch 1 "
+                     f"{r['decode_step_ms_median']:.2f} ms, {r['throughput_tok_s']:.0f} tok/s, all-reduce "
+                     f"{r['all_reduce_bytes_per_token']:,.0f} B/token measured, KV {r['kv_cache_bytes_per_rank']:,} B/rank")
     return "\n".join(lines)

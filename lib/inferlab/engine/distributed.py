@@ -15,6 +15,7 @@ collective that would time out.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import weakref
@@ -26,7 +27,9 @@ import torch
 from inferlab.engine.config import EngineConfig
 from inferlab.engine.model_runner import ChunkInput, ModelRunner
 
+log = logging.getLogger(__name__)
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+DIAGNOSE_ENV = "INFERLAB_DIAGNOSE"  # seconds: stack dumps and progress logs in every rank (see diagnose)
 
 
 def free_port() -> int:
@@ -53,6 +56,40 @@ def init_process_group(rank: int, size: int, port: int, device: str) -> None:
 
 def rank_device(device: str, rank: int) -> str:
     return f"cuda:{rank}" if str(device).startswith("cuda") else str(device)
+
+
+def diagnose(label: str) -> bool:
+    """Behind ``INFERLAB_DIAGNOSE=S``: let this process say where it is, for hangs across ranks.
+
+    A rank stuck in a collective its peer never joins, or a worker waiting on its pipe, prints
+    nothing. With the variable set (workers inherit it), each process prints every thread's
+    Python stack every ``S`` seconds and on SIGUSR1 (``timeout -s USR1`` reaches the whole
+    process group), and logs the runner's steps (graph capture per batch) at INFO on stderr.
+    The stacks go to ``$INFERLAB_DIAGNOSE_DIR/stacks-<label>.txt`` when that is set (one file
+    per rank, appended, so two ranks' dumps do not interleave), else to stderr.
+    """
+    import faulthandler
+    import signal
+    import sys
+    import time
+
+    seconds = float(os.environ.get(DIAGNOSE_ENV, "0") or 0)
+    if seconds <= 0:
+        return False
+    folder, out = os.environ.get(DIAGNOSE_ENV + "_DIR"), sys.stderr
+    if folder:
+        out = open(os.path.join(folder, f"stacks-{label.replace(' ', '')}.txt"), "a", buffering=1)  # noqa: SIM115
+        _DIAGNOSE_FILES.append(out)  # faulthandler writes to its descriptor: keep it open
+        print(f"== {label}, pid {os.getpid()}, started {time.strftime('%H:%M:%S')}", file=out)
+    faulthandler.register(signal.SIGUSR1, file=out, all_threads=True)
+    faulthandler.dump_traceback_later(seconds, repeat=True, file=out)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {label} pid {os.getpid()} %(name)s: %(message)s")
+    log.info("Python stacks every %g s and on SIGUSR1 to %s", seconds, getattr(out, "name", out))
+    return True
+
+
+_DIAGNOSE_FILES: list = []
 
 
 class TPModelRunner(ModelRunner):
@@ -168,7 +205,9 @@ def start_tensor_parallel(model: Any, config: EngineConfig) -> TPModelRunner:
     conns = [parent for parent, _ in pipes]
     try:
         init_process_group(0, size, port, device)
+        log.info("rank 0 joined the process group of %d; building its runner", size)
         runner = TPModelRunner(model, EngineConfig.from_kwargs(config, device=rank_device(device, 0)), 0, conns)
+        log.info("rank 0 runner built; waiting for the workers to say they are ready")
         for conn in conns:
             _receive(conn)  # each worker says it is ready (or why it is not)
     except BaseException:
@@ -181,18 +220,23 @@ def start_tensor_parallel(model: Any, config: EngineConfig) -> TPModelRunner:
 
 def _worker(rank: int, port: int, model: Any, config: EngineConfig, conn) -> None:
     """A worker process: join the group, build this rank's shard, then follow rank 0's calls."""
+    diagnose(f"rank {rank}")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.tensor_parallel_size))
     try:
         init_process_group(rank, config.tensor_parallel_size, port, config.device)
+        log.info("rank %d joined the process group; building its runner", rank)
         runner = TPModelRunner(model, EngineConfig.from_kwargs(config, device=rank_device(config.device, rank)), rank)
     except Exception as err:
         conn.send(("error", f"rank {rank}: {type(err).__name__}: {err}"))
         raise
     conn.send(("ok", None))
+    log.info("rank %d ready, serving rank 0's calls", rank)
     try:
         runner.serve(conn)
     finally:
+        log.info("rank %d leaving the process group", rank)
         _leave_group()
+        log.info("rank %d left", rank)
 
 
 def _stop(conns: list, procs: list) -> None:
@@ -205,8 +249,10 @@ def _stop(conns: list, procs: list) -> None:
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():
+            log.warning("worker %s did not exit within 10 s: killed", p.name)
             p.kill()
             p.join()
+    log.info("workers stopped; rank 0 leaving the process group")
     _leave_group()
 
 

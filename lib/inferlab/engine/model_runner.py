@@ -13,6 +13,7 @@ belongs here too: fixed-size input buffers filled by :meth:`ModelRunner.execute`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ from inferlab.engine.config import EngineConfig, ModelConfig
 from inferlab.engine.loader import ModelSource, load_weights, resolve_source
 from inferlab.engine.models import MODEL_CLASSES
 from inferlab.paging import cdiv, slot_for
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -271,8 +274,9 @@ class DecodeGraphs:
 
     def __init__(self, runner: ModelRunner, max_batch: int):
         from inferlab.attention.paged_triton import decode_splits
+        from inferlab.tp import count_all_reduce
 
-        self.runner, self.max_batch = runner, max_batch
+        self.runner, self.max_batch, self.reduces = runner, max_batch, {}
         dev, c = runner.device, runner.config
         self.width = cdiv(c.max_model_len or c.max_position_embeddings, runner.block_size)
         self.vectors = torch.zeros(4, max_batch, dtype=torch.long, device=dev)  # ids, positions, slots, context
@@ -284,10 +288,13 @@ class DecodeGraphs:
                                      context_lens=self.vectors[3, :bs], max_query_len=1,
                                      num_splits=decode_splits(bs, runner.kv_cache.num_kv_heads))
             self._reset(bs)
+            log.info("decode graph for batch %d: warm-up, then capture", bs)
             self._step(bs, meta)  # warm-up: compiles the kernels outside the capture
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool):
+            with count_all_reduce() as captured, torch.cuda.graph(graph, pool):
                 self.outputs[bs] = self._step(bs, meta)
+            self.reduces[bs] = (captured.calls, captured.bytes)  # replayed each step, counted by count_replayed
+            log.info("decode graph for batch %d captured (%d all-reduces)", bs, captured.calls)
             pool = graph.pool() if pool is None else pool
             self.graphs[bs] = graph
         torch.cuda.synchronize(dev)
@@ -324,6 +331,10 @@ class DecodeGraphs:
         self.vectors[:, :bs].copy_(torch.from_numpy(host), non_blocking=False)
         self.tables[:n, :table.shape[1]].copy_(torch.from_numpy(table))
         self.graphs[bs].replay()
+        if self.reduces[bs][0]:
+            from inferlab.tp import count_replayed
+
+            count_replayed(*self.reduces[bs])
         return self.outputs[bs][:n]
 
 
