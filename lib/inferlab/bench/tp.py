@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import time
 from typing import Any
@@ -212,25 +213,29 @@ def engine_run(model, tp_size: int, device: str, dtype, requests, decode_tokens:
             steps, metered = _batch1_decode(engine, tp_size, decode_tokens)
         with _phase(tag, "workload", phases):
             result = run_engine(engine, requests, realtime=False)
+        tokens = 128 + decode_tokens - 1  # every token through the model once: prompt, then the decodes
+        row = {"tp": tp_size, "decode_step_ms": [1e3 * t for t in steps],
+               "decode_step_ms_median": 1e3 * statistics.median(steps),
+               "all_reduce_calls": metered[0], "all_reduce_bytes_per_token": metered[1] / tokens,
+               "throughput_tok_s": result.output_tokens / result.wall_s, "wall_s": result.wall_s,
+               "output_tokens": result.output_tokens, "kv_blocks": runner.num_blocks,
+               "cuda_graphs": runner.graphs is not None, "settings": {k: str(v) for k, v in settings.items()},
+               "phase_seconds": phases, "kv_cache_bytes_per_rank": runner.kv_cache.nbytes()}
     finally:
         if tp_size > 1:
             with _phase(tag, "shutdown", phases):
                 runner.shutdown()
-    tokens = 128 + decode_tokens - 1  # every token through the model once: prompt, then the decodes
-    return {"tp": tp_size, "decode_step_ms": [1e3 * t for t in steps], "decode_step_ms_median": 1e3 * statistics.median(steps),
-            "all_reduce_calls": metered[0], "all_reduce_bytes_per_token": metered[1] / tokens,
-            "throughput_tok_s": result.output_tokens / result.wall_s, "wall_s": result.wall_s,
-            "output_tokens": result.output_tokens, "kv_blocks": runner.num_blocks,
-            "cuda_graphs": getattr(runner, "graphs", None) is not None,
-            "settings": {k: str(v) for k, v in settings.items()}, "phase_seconds": phases,
-            "kv_cache_bytes_per_rank": runner.kv_cache.nbytes()}
+    return row
 
 
 def _batch1_decode(engine, tp_size: int, decode_tokens: int) -> tuple[list[float], tuple[int, int]]:
     """One request (a 128-token prompt, ``decode_tokens`` outputs): its decode steps' seconds and the all-reduces counted.
 
-    The meter counts eager all-reduces as they are called and those inside replayed CUDA graphs
-    as captured (:func:`inferlab.tp.count_replayed`).
+    A decode step's time is the interval from one decode step's start to the next's: schedule,
+    forward, sampling. (A step record ends when the forward is launched; with CUDA graphs the GPU
+    work then finishes inside the sampling, after the record's end.) The meter counts eager
+    all-reduces as they are called and those inside replayed CUDA graphs as captured
+    (:func:`inferlab.tp.count_replayed`).
     """
     from inferlab.bench.workloads import Request, run_engine
 
@@ -238,7 +243,8 @@ def _batch1_decode(engine, tp_size: int, decode_tokens: int) -> tuple[list[float
     if tp_size > 1:
         runner.call("meter_start", reply=True)
     run_engine(engine, [Request(list(range(1, 129)), decode_tokens)], realtime=False)
-    steps = [s.end - s.start for s in engine.trace if all(kind == "decode" for _, kind, _ in s.entries)]
+    starts = [s.start for s in engine.trace if all(kind == "decode" for _, kind, _ in s.entries)]
+    steps = [b - a for a, b in itertools.pairwise(starts)]
     metered = runner.call("meter_stop", reply=True)[0] if tp_size > 1 else (0, 0)
     return steps, tuple(metered)
 

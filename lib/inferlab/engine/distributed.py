@@ -169,6 +169,7 @@ class TPModelRunner(ModelRunner):
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer()
+            self.graphs = None  # freed by the finalizer (before the group was destroyed)
 
 
 def _receive(conn) -> Any:
@@ -214,7 +215,8 @@ def start_tensor_parallel(model: Any, config: EngineConfig) -> TPModelRunner:
         _stop(conns, procs)
         raise
     runner.procs = procs
-    runner._finalizer = weakref.finalize(runner, _stop, conns, procs)
+    graphs = runner.graphs.graphs if runner.graphs is not None else {}  # not the runner: finalize must not hold it
+    runner._finalizer = weakref.finalize(runner, _stop, conns, procs, graphs)
     return runner
 
 
@@ -234,30 +236,63 @@ def _worker(rank: int, port: int, model: Any, config: EngineConfig, conn) -> Non
     try:
         runner.serve(conn)
     finally:
+        _release_graphs(runner.graphs.graphs if runner.graphs is not None else {})
         log.info("rank %d leaving the process group", rank)
-        _leave_group()
-        log.info("rank %d left", rank)
+        log.info("rank %d %s", rank, "left" if _leave_group() else "could not leave the group in time")
 
 
-def _stop(conns: list, procs: list) -> None:
-    """Tell the workers to exit, wait for them (kill the ones that hang), leave the group."""
+def _stop(conns: list, procs: list, graphs: dict | None = None) -> None:
+    """Tell the workers to exit, leave the group together with them, then wait for them (kill the ones that hang).
+
+    NCCL's communicator teardown is collective (every rank destroys it at about the same time;
+    vLLM PR #39846), and it waits until every CUDA graph that captured one of its collectives
+    is freed. So rank 0 frees its decode graphs and leaves the group while the workers do the
+    same, and only then joins them. Joining first left a worker waiting in its teardown for
+    rank 0 and, once it was killed, rank 0 waiting for it (the hang of the H200 run of 2026-11-30).
+    """
     for conn in conns:
         try:
             conn.send(("exit", (), False))
         except (OSError, ValueError):
             pass
+    _release_graphs(graphs or {})
+    if not _leave_group(timeout=30.0 if all(p.is_alive() for p in procs) else 5.0):
+        log.warning("rank 0 could not leave the process group in time (a worker gone?): left as it is")
     for p in procs:
         p.join(timeout=10)
         if p.is_alive():
             log.warning("worker %s did not exit within 10 s: killed", p.name)
             p.kill()
             p.join()
-    log.info("workers stopped; rank 0 leaving the process group")
-    _leave_group()
+    log.info("workers stopped")
 
 
-def _leave_group() -> None:
+def _release_graphs(graphs: dict) -> None:
+    """Free captured CUDA graphs (their NCCL collectives hold the communicator) before it is destroyed."""
+    if not graphs:
+        return
+    for graph in graphs.values():
+        graph.reset()
+    graphs.clear()
+    torch.cuda.synchronize()
+
+
+def _leave_group(timeout: float | None = None) -> bool:
+    """Destroy this process's group (if any); with ``timeout``, give up after that many seconds.
+
+    The destroy runs in a daemon thread so that a rank whose peer is gone does not wait forever in
+    a collective teardown; True when the group was left.
+    """
+    import threading
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    if timeout is None:
         dist.destroy_process_group()
+        return True
+    worker = threading.Thread(target=dist.destroy_process_group, name="leave-process-group", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()
