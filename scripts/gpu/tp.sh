@@ -8,6 +8,8 @@
 #    workload: 64 requests, prompts 64-1024, outputs 64-128; all-reduce bytes per token measured).
 # Writes $OUT/tp-h200.json (copy it to data/results/) and the logs. On 2026-11-30 a 200 s call finished the
 # all-reduce and projection sections only (the test and the engine need the longer limits below: ~8 minutes).
+# The engine section alone, eager and CUDA-graphed, each TP size in its own process and timeout: scripts/gpu/tp_engine.sh
+# (recorded 2026-11-30; the earlier engine runs hung at NCCL teardown, fixed in engine/distributed.py).
 # TP_ROOT: where lib/ and tests/ are (a clean snapshot carried in .whl/tp, else the working tree).
 set -uo pipefail
 ROOT=${TP_ROOT:-$PWD}
