@@ -312,17 +312,44 @@ if mm:
     display(Markdown("\n".join(pays_off(recorded))))
 
 # %% [markdown]
-# The whole engine at TP=1 against TP=2 on the H200s (decode latency at batch 1, throughput on a
-# reduced reference workload) is what `scripts/gpu/tp.sh` records next; the run of 2026-11-30 ended
-# before that part (the file says so), and the cell prints whatever is recorded:
+# The whole engine at TP=1 against TP=2 on the H200s, random bf16 weights of the Llama-3.2-1B shape
+# (`scripts/gpu/tp_engine.sh`): the decode step at batch 1 (one request, 128-token prompt: the median
+# time from one decode step to the next, scheduling and sampling included), the throughput on a
+# reduced reference workload (64 requests, prompts of 64-1024 tokens, 64-128 outputs), the all-reduce
+# bytes per token counted while the batch-1 request ran beside the computed payload, and the KV pool
+# each rank holds. Each TP size ran twice: eager (`enforce_eager=True`, every kernel launched from
+# Python, on a slow host: these lines measure the host more than the GPUs) and with decode steps
+# replayed as CUDA graphs (the engine's default). The sentences under the table are computed from
+# the same file:
 
 # %%
-eng = (recorded or {}).get("engine", {})
-runs = {t: r for t, r in eng.get("runs", {}).items() if isinstance(r, dict)}
-for t, r in sorted(runs.items()):
-    print(f"TP={t}: decode step at batch 1 {r['decode_step_ms_median']:.2f} ms (median), throughput "
-          f"{r['throughput_tok_s']:,.0f} tok/s, all-reduce {r['all_reduce_bytes_per_token']:,.0f} B/token counted")
-print((recorded or {}).get("not_recorded", "") if not runs else "")
+def engine_lines(recorded) -> tuple[list[str], list[str]]:
+    """The recorded engine runs as table lines, and sentences comparing TP=2 with TP=1 in each mode."""
+    computed, lines, sentences = recorded["computed_all_reduce_bytes_per_token"], [], []
+    for key, mode in (("engine_eager", "eager"), ("engine", "CUDA graphs")):
+        runs = {t: r for t, r in recorded.get(key, {}).get("runs", {}).items() if isinstance(r, dict)}
+        for t, r in sorted(runs.items()):
+            reduced = (f"{r['all_reduce_bytes_per_token']:,.0f} B/token counted ({computed:,} computed)" if t != "1"
+                       else f"{r['all_reduce_bytes_per_token']:,.0f} B/token (one rank: nothing to reduce)")
+            lines.append(f"{mode:>11}, TP={t}: decode step at batch 1 {r['decode_step_ms_median']:6.2f} ms, "
+                         f"throughput {r['throughput_tok_s']:7,.0f} tok/s, KV pool "
+                         f"{r['kv_cache_bytes_per_rank'] / 2**30:.2f} GiB per rank, all-reduce {reduced}")
+        if {"1", "2"} <= set(runs):
+            one, two = runs["1"], runs["2"]
+            sentences.append(
+                f"- {mode}: TP=2's decode step at batch 1 is {one['decode_step_ms_median'] / two['decode_step_ms_median']:.2f}x "
+                f"as fast as TP=1's, its workload throughput {two['throughput_tok_s'] / one['throughput_tok_s']:.2f}x; "
+                f"each rank keeps {two['kv_cache_bytes_per_rank'] / one['kv_cache_bytes_per_rank']:.2f} of TP=1's KV pool "
+                f"for the same number of blocks.")
+    return lines, sentences
+
+
+eng_lines, eng_sentences = engine_lines(recorded) if recorded else ([], [])
+print("\n".join(eng_lines) or "No recorded engine runs.")
+if recorded and recorded.get("not_recorded"):
+    print("Not recorded:", recorded["not_recorded"])
+if eng_sentences:
+    display(Markdown("\n".join(eng_sentences)))
 
 # %% [markdown]
 # How to read these:
