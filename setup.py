@@ -14,6 +14,7 @@ setup(
     packages=find_packages("lib") + DATA_PACKAGES,
     package_dir={"": "lib", "inferlab._data": "data"},
     package_data={
+        "inferlab.quant": ["tuned.json"],  # the dequantize-matmul tiles swept per GPU
         "inferlab._data": [
             "models/*/*.json",
             "models/*/*.safetensors",

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Quantization on the lent H200 (issue 15, notebook 06). Carry the wheels: carry=[".whl/quant"]
 # (bitsandbytes 0.50.2, accelerate, gguf, psutil, pyyaml: ~43 MB; the machine has no network).
+# 0. scripts/gpu/quant_sweep.py: every candidate tile of the int8/int4 kernels on every layer shape
+#    (checked, then timed as CUDA graphs beside cuBLAS bf16); its table becomes lib/inferlab/quant/tuned.json
+#    for the steps below (copy $OUT/tuned.json there and commit it with $OUT/quant-sweep-h200.json);
 # 1. correctness on CUDA: the Triton int8/int4 dequantize-matmul against the reference, the graphable
-#    decode step against the engine, the quantize swap on the tiny model (~40 s);
+#    decode step (EngineStep) against the engine, the quantize swap on the tiny model (~40 s);
 # 2. `python -m inferlab.bench quant`: CUDA-graphed decode of Llama-3-8B- and Llama-3.2-1B-shaped
 #    engine models (random bf16 weights) at batch 1 and 32 in bf16, our int8 and int4, bitsandbytes
 #    NF4 and LLM.int8(); then the quality table on the tiny model (bytes, perplexity, generate tok/s).
-# Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 4 minutes.
+# Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 9 minutes.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/quant/*.whl 2>&1 | tail -2
@@ -14,7 +17,11 @@ export PYTHONPATH=$PWD/lib:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, triton, transformers, bitsandbytes as b; print(sys.version.split()[0], torch.__version__, triton.__version__, transformers.__version__, 'bnb', b.__version__)" | tee -a "$OUT/gpu.txt"
 start=$(date +%s)
-timeout 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_quant_bench.py -k "cuda or static_decoder" 2>&1 | tail -5 | tee "$OUT/checks.log"
+timeout "${SWEEP_TIMEOUT:-240}" python3 scripts/gpu/quant_sweep.py "$OUT" 2>&1 | grep -v Warning > "$OUT/sweep.log"
+tail -25 "$OUT/sweep.log"
+[ -s "$OUT/tuned.json" ] && cp "$OUT/tuned.json" lib/inferlab/quant/tuned.json
+echo "sweep: $(( $(date +%s) - start )) s"
+timeout 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_quant_bench.py -k "cuda or engine_step" 2>&1 | tail -5 | tee "$OUT/checks.log"
 echo "checks: $(( $(date +%s) - start )) s" | tee -a "$OUT/checks.log"
 timeout 170 python3 -m inferlab.bench quant --device cuda --no-quality --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/decode.log"
 echo "decode: $(( $(date +%s) - start )) s"

@@ -144,36 +144,14 @@ def peak_extra_bytes(fn: Callable[[], Any], device: str) -> int:
 
 def time_call(fn: Callable[[], Any], device: str, repeats: int, graph: bool = True) -> tuple[list[float], str]:
     """Seconds per call: a CUDA-graph replay on CUDA (falls back to eager), :func:`time_fn` elsewhere."""
-    from inferlab.device import time_fn
+    from inferlab.device import time_cuda_graph, time_fn
 
     if device.startswith("cuda") and graph:
         try:
-            return _time_cuda_graph(fn, repeats), "cuda graph"
+            return time_cuda_graph(fn, repeats), "cuda graph"
         except Exception:  # noqa: BLE001 - some kernels refuse capture; time them eagerly
             torch.cuda.synchronize()
     return time_fn(fn, device, repeats=repeats, warmup=1), "eager"
-
-
-def _time_cuda_graph(fn: Callable[[], Any], repeats: int) -> list[float]:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    seconds = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        seconds.append(start.elapsed_time(end) / 1e3)
-    del graph
-    return seconds
 
 
 def _inputs(opts: dict[str, Any], length: int, device: str):

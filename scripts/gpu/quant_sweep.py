@@ -1,0 +1,200 @@
+"""Sweep the int8/int4 dequantize-matmul tiles on this GPU; write the results and the tuned table.
+
+    python scripts/gpu/quant_sweep.py OUT_DIR [--quick]
+
+For every linear-layer shape of the Llama-3-8B and Llama-3.2-1B decoders (q/k/v fused, o,
+gate/up fused, down, LM head), every tile in ``TILES`` at 1 row (batch-1 decode) and 32 rows:
+checks the result against the fp32 reference, then times it as a CUDA graph over enough weight
+copies that the weights do not sit in L2 (a model's layers do not either), beside cuBLAS bf16
+on the same shape. Writes OUT/quant-sweep-<gpu>.json (every timing) and OUT/tuned.json (rows
+for lib/inferlab/quant/tuned.json: the fastest tile per shape, and per format and row count the
+tile closest to the fastest on average). Kernels are compiled first in parallel processes,
+since one Triton compile takes seconds on a slow host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from inferlab.device import time_cuda_graph
+from inferlab.quant import kernels, rtn
+from inferlab.quant.kernels import Tile
+
+GROUP = 128
+SHAPES = {  # (N, K) per layer kind: hidden 4096/2048, MLP 14336/8192, 8/8 KV heads, vocab 128256
+    "llama-3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
+                   "lm_head": (128256, 4096)},
+    "llama-3.2-1b": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
+                     "lm_head": (128256, 2048)},
+}
+GEMV = {"int8": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (64, 256), (64, 512)],
+        "int4": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (32, 1024), (64, 256), (64, 512)]}
+DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 512)]
+
+
+def tiles(fmt: str, rows: int) -> list[Tile]:
+    """Candidate tiles of one format for one row (gemv and dot) or for 32 rows (dot)."""
+    # gemv2/dot2: int4 low and high nibbles against the even and odd columns (no interleave)
+    kinds, gemvs = (("dot", "dot2"), ("gemv", "gemv2")) if fmt == "int4" else (("dot",), ("gemv",))
+    if rows == 1:
+        out = [Tile(g, 1, bn, bk, w, s) for g, (bn, bk), w, s in itertools.product(gemvs, GEMV[fmt], (4, 8), (2, 3, 4))]
+        out += [Tile(k, 16, bn, bk, 4, s) for k, (bn, bk), s in itertools.product(kinds, DOT, (3, 4))]
+    else:
+        out = [Tile("dot", 32, bn, bk, w, s) for (bn, bk), w, s in itertools.product(DOT, (4, 8), (3, 4))]
+    return sorted(set(out))
+
+
+def buffers(fmt: str, N: int, K: int, device="cuda") -> tuple:
+    """Random packed weights of one layer: (qweight, scales, zeros or None)."""
+    if fmt == "int8":
+        q = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device)
+        return q, (torch.rand(N, device=device) * 0.01 + 1e-3).half(), None
+    q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=device)
+    s = (torch.rand(N, K // GROUP, device=device) * 0.01 + 1e-3).half()
+    return q, s, torch.randint(0, 16, (N, K // GROUP), dtype=torch.uint8, device=device)
+
+
+def reference(fmt: str, x: torch.Tensor, q, s, z) -> torch.Tensor:
+    w = rtn.dequantize_int8_absmax(q, s) if fmt == "int8" else rtn.dequantize_int4(q, s, z)
+    return x.float() @ w.T
+
+
+# ------------------------------------------------------------------ compile in parallel
+def _compile(jobs: list) -> int:
+    torch.cuda.set_device(0)
+    for fmt, rows, tile in jobs:
+        q, s, z = buffers(fmt, 256, 4096)  # N = 256: every stride a multiple of 16, as in the real shapes
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        kernels.launch(x, q, s, z, 256, 4096, GROUP if z is not None else 1, tile)
+    torch.cuda.synchronize()
+    return len(jobs)
+
+
+def compile_all(jobs: list, procs: int = 14) -> float:
+    t0 = time.time()
+    chunks = [jobs[i::procs] for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        pool.map(_compile, [c for c in chunks if c])
+    return time.time() - t0
+
+
+# ------------------------------------------------------------------ timing
+def graph_us(calls: list, replays: int = 5) -> float:
+    """Microseconds per call, median of ``replays`` replays of one CUDA graph of all ``calls``."""
+    seconds = time_cuda_graph(lambda: [c() for c in calls], replays)
+    return 1e6 * statistics.median(seconds) / len(calls)
+
+
+def copies_for(nbytes: int, l2_multiple: int = 256 << 20) -> int:
+    return max(2, min(64, math.ceil(l2_multiple / nbytes)))
+
+
+def sweep_shape(model: str, layer: str, N: int, K: int, rows: int, out: list) -> None:
+    x = torch.randn(rows, K, device="cuda", dtype=torch.bfloat16)
+    n_bf16 = copies_for(2 * N * K)
+    ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(n_bf16)]
+    us = graph_us([lambda w=w: F.linear(x, w) for w in ws])
+    base = {"model": model, "layer": layer, "N": N, "K": K, "rows": rows}
+    out.append({**base, "fmt": "bf16", "tile": "cublas", "us": us, "GBps": 2 * N * K / us / 1e3})
+    del ws
+    for fmt in ("int8", "int4"):
+        nbytes = N * K if fmt == "int8" else N * K // 2
+        bufs = [buffers(fmt, N, K) for _ in range(copies_for(nbytes))]
+        ref = reference(fmt, x, *bufs[0])
+        group = GROUP if fmt == "int4" else 1
+        for tile in tiles(fmt, rows):
+            if not kernels.fits(tile, K, group):
+                continue
+            row = {**base, "fmt": fmt, "tile": list(tile)}
+            try:
+                got = kernels.launch(x, *bufs[0], N, K, group, tile).float()
+                row["rel_err"] = float((got - ref).abs().max() / ref.abs().max())
+                row["us"] = graph_us([lambda b=b, g=group, t=tile: kernels.launch(x, *b, N, K, g, t) for b in bufs])
+                row["GBps"] = nbytes / row["us"] / 1e3
+            except Exception as err:  # a tile that does not compile or fit is recorded, not fatal
+                row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+            out.append(row)
+        del bufs, ref
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------ the tuned table
+def table(rows: list) -> dict:
+    """Fastest correct tile per (format, rows, N, K), and per (format, rows) the best on average."""
+    good = [r for r in rows if r["fmt"] != "bf16" and "us" in r and r["rel_err"] < 1e-2]
+    best, keys = {}, {}
+    for r in good:
+        key = f"{r['fmt']}/{r['rows']}/{r['N']}/{r['K']}"
+        if key not in best or r["us"] < best[key]["us"]:
+            best[key] = r
+    tuned = {k: r["tile"] for k, r in best.items()}
+    for r in good:  # slowdown of each tile against the best of its shape
+        keys.setdefault((r["fmt"], r["rows"], tuple(r["tile"])), []).append(
+            math.log(r["us"] / best[f"{r['fmt']}/{r['rows']}/{r['N']}/{r['K']}"]["us"]))
+    shapes = {(r["fmt"], r["rows"]): len({(q["N"], q["K"]) for q in good if (q["fmt"], q["rows"]) == (r["fmt"], r["rows"])}) for r in good}
+    for (fmt, nrows), n in shapes.items():
+        cands = [(statistics.fmean(v), t) for (f, m, t), v in keys.items() if (f, m) == (fmt, nrows) and len(v) == n]
+        if cands:
+            tile = list(min(cands)[1])
+            for bucket in ((1,) if nrows == 1 else (16, 32, 64)):
+                tuned[f"{fmt}/{bucket}"] = tile
+    return tuned
+
+
+def main(argv: list[str]) -> int:
+    out_dir = Path(argv[0])
+    quick = "--quick" in argv
+    jobs = [(fmt, rows, t) for rows in (1, 32) for fmt in ("int8", "int4") for t in tiles(fmt, rows)]
+    print(f"{len(jobs)} kernels to compile", flush=True)
+    print(f"compiled in {compile_all(jobs):.0f} s", flush=True)
+    rows: list = []
+    t0 = time.time()
+    for model, layers in SHAPES.items():
+        for (layer, (N, K)), r in itertools.product(layers.items(), (1, 32)):
+            if quick and model != "llama-3-8b":
+                continue
+            sweep_shape(model, layer, N, K, r, rows)
+            print(f"{model} {layer} rows={r}: {time.time() - t0:.0f} s", flush=True)
+            tuned = save(out_dir, rows)  # after every shape: a timeout keeps what was measured
+    summarize(rows, tuned)
+    return 0
+
+
+def save(out_dir: Path, rows: list) -> dict:
+    gpu, tuned = torch.cuda.get_device_name(), table(rows)
+    payload = {"gpu": gpu, "torch": torch.__version__, "triton": getattr(kernels.triton, "__version__", None),
+               "date": time.strftime("%Y-%m-%d"), "group": GROUP,
+               "method": "CUDA graph of one launch per weight copy (copies >= 256 MB in all), median of 5 replays",
+               "rows": rows, "tuned": tuned}
+    (out_dir / "quant-sweep-h200.json").write_text(json.dumps(payload, indent=1))
+    (out_dir / "tuned.json").write_text(json.dumps({gpu: tuned}, indent=1))
+    return tuned
+
+
+def summarize(rows: list, tuned: dict) -> None:
+    """Per shape and row count: bf16 µs, best int8 / int4 µs, their GB/s and speedups."""
+    for (model, layer, r), grp in itertools.groupby(rows, key=lambda q: (q["model"], q["layer"], q["rows"])):
+        grp = list(grp)
+        bf = next(q for q in grp if q["fmt"] == "bf16")
+        line = f"{model:13s} {layer:8s} rows={r:<3d} bf16 {bf['us']:8.1f} us {bf['GBps']:6.0f} GB/s"
+        for fmt in ("int8", "int4"):
+            ok = [q for q in grp if q["fmt"] == fmt and "us" in q and q["rel_err"] < 1e-2]
+            if ok:
+                b = min(ok, key=lambda q: q["us"])
+                line += f" | {fmt} {b['us']:8.1f} us {b['GBps']:6.0f} GB/s x{bf['us'] / b['us']:.2f} {b['tile']}"
+        print(line, flush=True)
+    print("defaults:", {k: v for k, v in tuned.items() if k.count("/") == 1})
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
