@@ -1,6 +1,7 @@
 """The quantization benchmark: its graphable decode step matches the engine, its CLI writes a sane table,
 and the Triton dequantize-matmul is right (run by Triton's CPU interpreter where Triton is installed)."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inferlab.bench.quant import StaticDecoder, decode_table, main
+from inferlab.bench.quant import EngineStep, decode_table, main
 from inferlab.quant import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,22 +25,38 @@ def runner():
     return ModelRunner("tiny", device="cpu", dtype="float32")
 
 
-def test_static_decoder_matches_the_engine_reference(runner):
-    ids = list(range(7, 47))
-    ref = runner.reference_logits(ids)
-    dec = StaticDecoder(runner.model, batch=2, max_len=64)
-    assert torch.allclose(dec.logits_of(ids), ref, atol=1e-4)
+def decode_after_prefill(runner, prompts: list[list[int]], next_ids: list[int]) -> torch.Tensor:
+    """Prefill each prompt into the blocks EngineStep gives its row, then one EngineStep decode."""
+    from inferlab.engine.model_runner import ChunkInput
+
+    context = len(prompts[0])
+    step = EngineStep(runner, batch=len(prompts), context=context)
+    per_seq = -(-(context + 1) // runner.block_size)
+    for i, prompt in enumerate(prompts):
+        runner.execute([ChunkInput(prompt, 0, list(range(i * per_seq, (i + 1) * per_seq)))])
+    step.ids.copy_(torch.tensor(next_ids))
+    return step.step()
 
 
-def test_static_decoder_runs_a_quantized_engine_model(runner):
-    import copy
+def test_engine_step_is_the_engines_decode(runner):
+    prompts = [list(range(7, 27)), list(range(40, 60))]
+    got = decode_after_prefill(runner, prompts, [99, 5])
+    for row, (prompt, nxt) in enumerate(zip(prompts, [99, 5], strict=True)):
+        assert torch.allclose(got[row], runner.reference_logits(prompt + [nxt])[-1], atol=1e-4)
 
+
+def test_engine_step_runs_a_quantized_engine_model(runner):
     quantized = copy.deepcopy(runner)
     quantize(quantized.model, "int4", group_size=64, skip=())
-    ids = list(range(3, 23))
-    ref = quantized.reference_logits(ids)
-    assert torch.allclose(StaticDecoder(quantized.model, batch=1, max_len=32).logits_of(ids), ref, atol=1e-4)
-    assert not torch.allclose(ref, runner.reference_logits(ids), atol=1e-3)
+    prompt = list(range(3, 23))
+    ref = quantized.reference_logits(prompt + [11])[-1]
+    assert torch.allclose(decode_after_prefill(quantized, [prompt], [11])[0], ref, atol=1e-4)
+    assert not torch.allclose(ref, runner.reference_logits(prompt + [11])[-1], atol=1e-3)
+
+
+def test_engine_step_says_when_the_pool_is_too_small(runner):
+    with pytest.raises(ValueError, match="num_kv_blocks"):
+        EngineStep(runner, batch=runner.num_blocks + 1, context=16)
 
 
 def test_decode_table_on_the_cpu_counts_bytes():
@@ -89,6 +106,44 @@ def test_triton_kernels_in_the_interpreter():
     assert float(out.stdout.strip().splitlines()[-1]) < 2e-3
 
 
+TILE_CHECK = """
+import torch
+from inferlab.quant import kernels
+from inferlab.quant.kernels import Tile
+from inferlab.quant.linear import Int4Linear, Int8Linear
+torch.manual_seed(0)
+tiles = [Tile("gemv", 1, 16, 256, 4, 2), Tile("gemv2", 1, 32, 128, 4, 2), Tile("dot", 16, 32, 256, 4, 2),
+         Tile("dot2", 16, 16, 128, 4, 2)]
+worst = 0.0
+for M in (1, 3):
+    for N, K, g in ((96, 512, 128), (40, 256, 32)):
+        w, x = torch.randn(N, K), torch.randn(M, K).half()
+        for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, group_size=g)):
+            int4 = isinstance(layer, Int4Linear)
+            s, z = layer.scales, (layer.zeros if int4 else None)
+            gs = layer.group_size if int4 else 1
+            ref = x.float() @ layer.dequantize().T
+            for t in tiles:
+                if (t.kernel.startswith("gemv") and M > 1) or not kernels.fits(t, K, gs):
+                    continue
+                got = kernels.launch(x, layer.qweight, s, z, N, K, gs, t).float()
+                worst = max(worst, float((got - ref).abs().max() / ref.abs().max()))
+print(worst)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CUDA machines have it)")
+def test_every_kernel_variant_in_the_interpreter():
+    """gemv, gemv2 (int4 nibbles against even/odd columns), dot and dot2, at tiles smaller than K.
+
+    fp16 activations: the interpreter computes bf16 ``tl.dot`` wrongly (numpy has no bf16); bf16
+    runs on the GPU test below and in scripts/gpu/quant_sweep.py."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT / "lib")}
+    out = subprocess.run([sys.executable, "-c", TILE_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 2e-3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_kernels_on_cuda_match_the_reference():
     from inferlab.quant import Int4Linear, Int8Linear, kernels
@@ -102,3 +157,25 @@ def test_triton_kernels_on_cuda_match_the_reference():
                 ref = x.float() @ layer.dequantize().T
                 got = layer(x).float()
                 assert (got - ref).abs().max() / ref.abs().max() < 1e-2, (type(layer).__name__, M, N, K)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_engine_step_graph_replays_the_eager_step():
+    from inferlab.bench.quant import time_step
+    from inferlab.engine.model_runner import ModelRunner
+
+    runner = ModelRunner("tiny", device="cuda", dtype="bfloat16", enforce_eager=True)
+    for name in ("int8", "int4"):
+        model = copy.deepcopy(runner.model)
+        quantize(model, name, group_size=64, skip=())
+        step = EngineStep(runner, batch=4, context=40, model=model)
+        step.ids.copy_(torch.tensor([1, 2, 3, 4]))
+        eager = step.step().clone()
+        graph = torch.cuda.CUDAGraph()
+        step.step()
+        with torch.cuda.graph(graph):
+            out = step.step()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.allclose(out.float(), eager.float(), atol=1e-2), name
+        assert time_step(step, graphed=True, iters=3)["tok_s"] > 0

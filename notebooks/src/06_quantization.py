@@ -43,7 +43,7 @@ from IPython.display import Markdown, display
 
 import inferlab as il
 from inferlab.bench import load_result
-from inferlab.bench.quant import StaticDecoder, time_step, weight_bytes
+from inferlab.bench.quant import EngineStep, time_step, weight_bytes
 from inferlab.device import pick_device
 from inferlab.quant import NF4Linear, gptq, perplexity, quantize, rtn
 from inferlab.quant.calibration import as_windows, linear_inputs, stdlib_text
@@ -297,16 +297,17 @@ for variant in ("full", "int8", "int4"):
     em = copy.deepcopy(runner.model)
     if variant != "full":
         quantize(em, variant, group_size=GROUP, skip=())
-    live[variant] = time_step(StaticDecoder(em, 1, 256), graphed=DEVICE.startswith("cuda"))
+    live[variant] = time_step(EngineStep(runner, 1, model=em), graphed=DEVICE.startswith("cuda"))
     r = live[variant]
     print(f"{variant:5s} {r['ms_per_step']:7.2f} ms/step (spread {r['spread_ms'][0]:.2f}–{r['spread_ms'][1]:.2f})  "
           f"{r['tok_s']:8.1f} tok/s")
 
 # %% [markdown]
 # On an H200 (recorded with `python -m inferlab.bench quant` by `scripts/gpu/quant.sh`): random
-# weights in Llama-3-8B and Llama-3.2-1B shapes, each decode step captured as a CUDA graph, our
-# int8 and int4 layers running a Triton dequantize-matmul, and bitsandbytes' NF4 and LLM.int8()
-# swapped into the same model.
+# weights in Llama-3-8B and Llama-3.2-1B shapes, one decode step of the engine (its paged KV
+# cache and attention kernel, fused norms and RoPE; 128 tokens already cached) captured as a CUDA
+# graph, our int8 and int4 layers running a Triton dequantize-matmul, and bitsandbytes' NF4 and
+# LLM.int8() swapped into the same model.
 
 # %%
 h200 = load_result("quant", "h200")
@@ -351,14 +352,35 @@ claims = [
 display(Markdown(qviz.myth_table(claims)))
 
 # %% [markdown]
+# Where the time goes, one linear layer at a time: the kernel sweep recorded in the same H200 call
+# (`scripts/gpu/quant_sweep.py`: every tile of our kernels on every 8B layer shape at batch 1, each
+# timed as a CUDA graph over more weight copies than the 50 MB L2 holds), the fastest of each
+# format beside cuBLAS bf16, with the rate at which each reads its own bytes.
+
+# %%
+sweep = load_result("quant-sweep", "h200")
+if sweep is None:
+    print("no kernel sweep recorded yet (data/results/quant-sweep-h200.json)")
+else:
+    best = {}
+    for r in sweep["rows"]:
+        if r["model"] == "llama-3-8b" and r["rows"] == 1 and "us" in r and r.get("rel_err", 0) < 1e-2:
+            key = (r["layer"], r["fmt"])
+            best[key] = min(best.get(key, r), r, key=lambda q: q["us"])
+    for layer in ("qkv", "o", "gate_up", "down", "lm_head"):
+        print(f"{layer:8s}" + "".join(f" | {f} {best[(layer, f)]['us']:6.1f} µs {best[(layer, f)]['GBps'] / 1e3:4.2f} TB/s"
+                                       for f in ("bf16", "int8", "int4")))
+
+# %% [markdown]
 # What the table teaches: a 4-bit format makes decoding faster only through a kernel that reads
 # the packed weights and does the arithmetic well, and only while the step is bound by weight
-# bytes. At batch 32 a step does 32× the arithmetic on the same bytes, and the dequantize work
-# inside a kernel can cost more than the bytes it saved: the recorded rows above show where 4-bit
-# is slower than bf16. Our Triton kernel reaches well under the H200's bandwidth on int4 (its
-# unpacking and split-K partial sums are not tuned, see `inferlab/quant/kernels.py`), so it misses
-# the speed-ups that gpt-fast reports on an A100 (1.48× int8, 1.88× int4): treat every "×" in a
-# table as a property of a kernel on a machine, not of a format.
+# bytes. Our int8 kernel reads its bytes about as fast as cuBLAS reads bf16, so it takes about
+# half the time per layer; our int4 kernels read theirs several times slower (the lines above):
+# unpacking two codes per byte and applying a scale and zero per group costs more instructions
+# per byte than the GPU issues at full bandwidth, so int4 saves little at batch 1. At batch 32 a
+# step does 32× the arithmetic on the same bytes and the recorded rows show 4-bit slower than
+# bf16. gpt-fast reports 1.48× (int8) and 1.88× (int4) on an A100 with other kernels: treat
+# every "×" in a table as a property of a kernel on a machine, not of a format.
 
 # %% [markdown]
 # ## 10. Exercises

@@ -8,10 +8,11 @@ Two tables, one run:
   zero-point), int4 RTN, NF4, GPTQ and AWQ, bitsandbytes' LLM.int8() and NF4, and GGUF
   Q8_0/Q4_0 read back through transformers: weight bytes as stored, held-out perplexity, and
   ``generate`` tokens/s at batch 1 and 32 (transformers' loop, the path a user runs).
-- **decode** (``--shapes``, random weights in bf16 on CUDA): one decode step of the engine's
-  model, captured as a CUDA graph, at batch 1 and 32, with its linear layers in bf16, in our
-  int8 and int4 (Triton dequantize-matmul), and in bitsandbytes' 8-bit and NF4, so the
-  time is the time to read the weights and not Python's.
+- **decode** (``--shapes``, random weights in bf16 on CUDA): one decode step of the engine
+  (:class:`EngineStep`: its paged KV cache, attention kernel, fused norms and RoPE), captured
+  as a CUDA graph, at batch 1 and 32 with 128 tokens in each sequence's cache, with its linear
+  layers in bf16, in our int8 and int4 (Triton dequantize-matmul), and in bitsandbytes' 8-bit
+  and NF4, so the time is the time to read the weights and not Python's.
 """
 
 from __future__ import annotations
@@ -21,70 +22,50 @@ import copy
 import time
 
 import torch
-import torch.nn.functional as F
 
 from inferlab.bench import save_result
 
 QUALITY_METHODS = ("int8", "int8-zp", "int4", "nf4", "gptq", "awq")
+CONTEXT = 128  # tokens already in each sequence's cache when the timed decode step runs
 
 
 # ------------------------------------------------------------------ a graphable decode step
-class StaticDecoder:
-    """One decode step of the engine's Llama model over a contiguous static KV cache.
+class EngineStep:
+    """One decode step of the engine's own forward: ``batch`` sequences at position ``context``.
 
-    Every tensor it touches is allocated once, so the step can be captured as a CUDA graph;
-    it runs the model's own modules (norms, fused q/k/v, MLP, LM head), quantized or not.
+    The engine's paged KV cache, attention backend (the Triton paged-decode kernel on CUDA) and
+    fused norms and RoPE, over ``model`` (the runner's, or a copy with its linears swapped). Every
+    input is a fixed tensor (each sequence owns its blocks), so the step can be captured as a
+    CUDA graph, as the engine's ``DecodeGraphs`` does.
     """
 
-    def __init__(self, model, batch: int, max_len: int):
-        from inferlab.quant.calibration import model_device
+    def __init__(self, runner, batch: int, context: int = 128, model=None):
+        from inferlab.engine.model_runner import ChunkInput, build_metadata
+        from inferlab.paging import cdiv
 
-        c = model.config
-        self.model, self.batch, self.max_len = model, batch, max_len
-        dev, dtype = model_device(model), model.model.embed_tokens.weight.dtype
-        shape = (c.num_layers, batch, c.num_kv_heads, max_len, c.head_dim)
-        self.k, self.v = torch.zeros(shape, device=dev, dtype=dtype), torch.zeros(shape, device=dev, dtype=dtype)
-        self.ids = torch.zeros(batch, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
-        self.slots = torch.arange(max_len, device=dev)
+        per_seq = cdiv(context + 1, runner.block_size)
+        if batch * per_seq > runner.num_blocks:
+            raise ValueError(f"{batch} sequences of {context + 1} tokens need {batch * per_seq} KV blocks, the runner "
+                             f"has {runner.num_blocks}: build it with num_kv_blocks >= {batch * per_seq}")
+        self.model, self.batch, self.max_len = model or runner.model, batch, context + 1
+        chunks = [ChunkInput([0], context, list(range(i * per_seq, (i + 1) * per_seq))) for i in range(batch)]
+        self.meta = build_metadata(chunks, runner.block_size, runner.device, slots=not runner.uses_tables,
+                                   tables=runner.uses_tables)
+        if runner.uses_tables:  # a fixed split of the decode kernel, as inside the engine's graphs
+            from inferlab.attention.paged_triton import decode_splits
 
-    def _attention(self, i: int, layer, x, cos, sin):
-        from inferlab.engine.layers import RotaryEmbedding
-
-        attn, B = layer.self_attn, self.batch
-        q, k, v = attn.qkv_proj(x).split(attn.qkv_proj.output_sizes, dim=-1)
-        q = RotaryEmbedding.apply(q.view(B, attn.num_heads, attn.head_dim), cos, sin)
-        k = RotaryEmbedding.apply(k.view(B, attn.num_kv_heads, attn.head_dim), cos, sin)
-        self.k[i].index_copy_(2, self.pos, k[:, :, None])
-        self.v[i].index_copy_(2, self.pos, v.view(B, attn.num_kv_heads, 1, attn.head_dim))
-        mask = (self.slots <= self.pos)[None, None, None, :]
-        out = F.scaled_dot_product_attention(q[:, :, None], self.k[i], self.v[i], attn_mask=mask, enable_gqa=True)
-        return attn.o_proj(out.reshape(B, attn.num_heads * attn.head_dim))
+            self.meta.num_splits = decode_splits(batch, runner.kv_cache.num_kv_heads)
+        self.ids = torch.zeros(batch, dtype=torch.long, device=runner.device)
+        self.pos = torch.full((batch,), context, dtype=torch.long, device=runner.device)
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` for tokens ``self.ids`` at position ``self.pos``."""
-        m = self.model.model
-        x = m.embed_tokens(self.ids)
-        cos, sin = m.rotary_emb.cos_sin(self.pos.expand(self.batch), x.dtype)
-        for i, layer in enumerate(m.layers):
-            x = x + self._attention(i, layer, layer.input_layernorm(x), cos, sin)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.compute_logits(x)
-
-    def logits_of(self, token_ids: list[int]) -> torch.Tensor:
-        """Feed a sequence one token at a time (batch row 0); logits at every position (for tests)."""
-        rows = []
-        for t, tok in enumerate(token_ids):
-            self.ids.fill_(tok)
-            self.pos.fill_(t)
-            rows.append(self.step()[0])
-        return torch.stack(rows)
+        """Logits ``[batch, vocab]`` for tokens ``self.ids`` at position ``context``."""
+        return self.model.compute_logits(self.model(self.ids, self.pos, self.meta))
 
 
-def time_step(dec: StaticDecoder, graphed: bool, iters: int = 30) -> dict:
+def time_step(dec: EngineStep, graphed: bool, iters: int = 30) -> dict:
     """Milliseconds per decode step (median of CUDA-event timings, or wall time on the CPU)."""
-    dec.pos.fill_(min(128, dec.max_len - 1))
     fn = dec.step
     if graphed:
         s = torch.cuda.Stream()
@@ -160,11 +141,15 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
     """Rows ``{shape, variant, batch, weight_bytes, ms_per_step, tok_s, ...}`` for one model shape
     (a config name in data/configs, or a config dict)."""
     from inferlab.configs import load_config
+    from inferlab.engine.config import EngineConfig
     from inferlab.engine.model_runner import ModelRunner
+    from inferlab.paging import cdiv
 
     cfg = load_config(shape) if isinstance(shape, str) else dict(shape)
     shape = shape if isinstance(shape, str) else cfg.get("name", "custom")
-    base = ModelRunner(cfg, device=device, dtype="bfloat16", num_kv_blocks=4).model
+    runner = ModelRunner(cfg, device=device, dtype="bfloat16", enforce_eager=True,
+                         num_kv_blocks=max(batches) * cdiv(CONTEXT + 1, EngineConfig.block_size))
+    base = runner.model
     rows = []
     for name in variants:
         try:
@@ -172,10 +157,10 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
         except (ImportError, RuntimeError, ValueError) as err:
             rows.append({"shape": shape, "variant": name, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
-        wb = weight_bytes(model)
         for b in batches:
             graphed = device.startswith("cuda") and name != "bnb-int8"  # LLM.int8() syncs on its outliers
-            rows.append({"shape": shape, "variant": name, "batch": b, "weight_bytes": wb, **_timed(model, b, graphed)})
+            timed = _timed(runner, model, b, graphed)  # first: a kernel may add its own layout of the constants
+            rows.append({"shape": shape, "variant": name, "batch": b, "weight_bytes": weight_bytes(model), **timed})
             print(f"{shape:14s} {name:9s} b={b:<3d} {rows[-1].get('tok_s', float('nan')):9.1f} tok/s", flush=True)
             if checkpoint:
                 checkpoint(rows)
@@ -185,15 +170,14 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
     return rows
 
 
-def _timed(model, batch: int, graphed: bool) -> dict:
-    dec = StaticDecoder(model, batch, 256)
+def _timed(runner, model, batch: int, graphed: bool) -> dict:
     try:
-        return time_step(dec, graphed)
+        return time_step(EngineStep(runner, batch, CONTEXT, model), graphed)
     except RuntimeError as err:  # e.g. a kernel that cannot be captured: time it eagerly
         if not graphed:
             raise
         torch.cuda.synchronize()
-        return {**time_step(StaticDecoder(model, batch, 256), False), "graph_error": str(err)[:200]}
+        return {**time_step(EngineStep(runner, batch, CONTEXT, model), False), "graph_error": str(err)[:200]}
 
 
 # ------------------------------------------------------------------ quality on a real (small) model
