@@ -29,11 +29,9 @@ def decode_after_prefill(runner, prompts: list[list[int]], next_ids: list[int]) 
     """Prefill each prompt into the blocks EngineStep gives its row, then one EngineStep decode."""
     from inferlab.engine.model_runner import ChunkInput
 
-    context = len(prompts[0])
-    step = EngineStep(runner, batch=len(prompts), context=context)
-    per_seq = -(-(context + 1) // runner.block_size)
-    for i, prompt in enumerate(prompts):
-        runner.execute([ChunkInput(prompt, 0, list(range(i * per_seq, (i + 1) * per_seq)))])
+    step = EngineStep(runner, batch=len(prompts), context=len(prompts[0]))
+    for prompt, table in zip(prompts, step.block_tables, strict=True):
+        runner.execute([ChunkInput(prompt, 0, table)])
     step.ids.copy_(torch.tensor(next_ids))
     return step.step()
 

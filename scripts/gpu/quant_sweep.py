@@ -26,17 +26,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from inferlab.configs import load_config
 from inferlab.device import time_cuda_graph
+from inferlab.engine.config import ModelConfig
 from inferlab.quant import kernels, rtn
 from inferlab.quant.kernels import Tile
 
 GROUP = 128
-SHAPES = {  # (N, K) per layer kind: hidden 4096/2048, MLP 14336/8192, 8/8 KV heads, vocab 128256
-    "llama-3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
-                   "lm_head": (128256, 4096)},
-    "llama-3.2-1b": {"qkv": (3072, 2048), "o": (2048, 2048), "gate_up": (16384, 2048), "down": (2048, 8192),
-                     "lm_head": (128256, 2048)},
-}
+MODELS = ("llama-3-8b", "llama-3.2-1b")  # configs in data/configs
+
+
+def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """``(N, K)`` of each linear layer of the engine's model for config ``name`` (q/k/v and gate/up fused)."""
+    c = ModelConfig.from_dict({k: v for k, v in load_config(name).items() if k != "name"})
+    h, q, kv = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * c.intermediate_size, h),
+            "down": (h, c.intermediate_size), "lm_head": (c.vocab_size, h)}
+
 GEMV = {"int8": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (64, 256), (64, 512)],
         "int4": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (32, 1024), (64, 256), (64, 512)]}
 DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 512)]
@@ -141,9 +147,11 @@ def table(rows: list) -> dict:
     for r in good:  # slowdown of each tile against the best of its shape
         keys.setdefault((r["fmt"], r["rows"], tuple(r["tile"])), []).append(
             math.log(r["us"] / best[f"{r['fmt']}/{r['rows']}/{r['N']}/{r['K']}"]["us"]))
-    shapes = {(r["fmt"], r["rows"]): len({(q["N"], q["K"]) for q in good if (q["fmt"], q["rows"]) == (r["fmt"], r["rows"])}) for r in good}
-    for (fmt, nrows), n in shapes.items():
-        cands = [(statistics.fmean(v), t) for (f, m, t), v in keys.items() if (f, m) == (fmt, nrows) and len(v) == n]
+    shapes: dict = {}  # (format, rows) -> the shapes swept: a tile must have run on all of them
+    for r in good:
+        shapes.setdefault((r["fmt"], r["rows"]), set()).add((r["N"], r["K"]))
+    for (fmt, nrows), swept in shapes.items():
+        cands = [(statistics.fmean(v), t) for (f, m, t), v in keys.items() if (f, m) == (fmt, nrows) and len(v) == len(swept)]
         if cands:
             tile = list(min(cands)[1])
             for bucket in ((1,) if nrows == 1 else (16, 32, 64)):
@@ -159,8 +167,8 @@ def main(argv: list[str]) -> int:
     print(f"compiled in {compile_all(jobs):.0f} s", flush=True)
     rows: list = []
     t0 = time.time()
-    for model, layers in SHAPES.items():
-        for (layer, (N, K)), r in itertools.product(layers.items(), (1, 32)):
+    for model in MODELS:
+        for (layer, (N, K)), r in itertools.product(layer_shapes(model).items(), (1, 32)):
             if quick and model != "llama-3-8b":
                 continue
             sweep_shape(model, layer, N, K, r, rows)

@@ -30,6 +30,13 @@ CONTEXT = 128  # tokens already in each sequence's cache when the timed decode s
 
 
 # ------------------------------------------------------------------ a graphable decode step
+def blocks_needed(batch: int, context: int, block_size: int) -> int:
+    """KV blocks for ``batch`` sequences of ``context`` cached tokens plus the one being decoded."""
+    from inferlab.paging import cdiv
+
+    return batch * cdiv(context + 1, block_size)
+
+
 class EngineStep:
     """One decode step of the engine's own forward: ``batch`` sequences at position ``context``.
 
@@ -39,16 +46,17 @@ class EngineStep:
     CUDA graph, as the engine's ``DecodeGraphs`` does.
     """
 
-    def __init__(self, runner, batch: int, context: int = 128, model=None):
+    def __init__(self, runner, batch: int, context: int = CONTEXT, model=None):
         from inferlab.engine.model_runner import ChunkInput, build_metadata
-        from inferlab.paging import cdiv
 
-        per_seq = cdiv(context + 1, runner.block_size)
-        if batch * per_seq > runner.num_blocks:
-            raise ValueError(f"{batch} sequences of {context + 1} tokens need {batch * per_seq} KV blocks, the runner "
-                             f"has {runner.num_blocks}: build it with num_kv_blocks >= {batch * per_seq}")
-        self.model, self.batch, self.max_len = model or runner.model, batch, context + 1
-        chunks = [ChunkInput([0], context, list(range(i * per_seq, (i + 1) * per_seq))) for i in range(batch)]
+        need = blocks_needed(batch, context, runner.block_size)
+        if need > runner.num_blocks:
+            raise ValueError(f"{batch} sequences of {context + 1} tokens need {need} KV blocks, the runner "
+                             f"has {runner.num_blocks}: build it with num_kv_blocks >= {need}")
+        per_seq = need // batch
+        self.model, self.batch = model or runner.model, batch
+        self.block_tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
+        chunks = [ChunkInput([0], context, table) for table in self.block_tables]
         self.meta = build_metadata(chunks, runner.block_size, runner.device, slots=not runner.uses_tables,
                                    tables=runner.uses_tables)
         if runner.uses_tables:  # a fixed split of the decode kernel, as inside the engine's graphs
@@ -65,22 +73,13 @@ class EngineStep:
 
 
 def time_step(dec: EngineStep, graphed: bool, iters: int = 30) -> dict:
-    """Milliseconds per decode step (median of CUDA-event timings, or wall time on the CPU)."""
-    fn = dec.step
-    if graphed:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                dec.step()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            dec.step()
-        fn = graph.replay
-    from inferlab.device import time_fn
+    """Milliseconds per decode step (median of CUDA-graph replays, or of eager steps)."""
+    from inferlab.device import time_cuda_graph, time_fn
 
-    times = sorted(time_fn(fn, str(dec.ids.device), repeats=iters, warmup=3))
+    if graphed:
+        times = sorted(time_cuda_graph(dec.step, iters))
+    else:
+        times = sorted(time_fn(dec.step, str(dec.ids.device), repeats=iters, warmup=3))
     ms = 1000 * times[len(times) // 2]
     return {"ms_per_step": ms, "tok_s": dec.batch / ms * 1000, "graphed": graphed,
             "spread_ms": [1000 * times[0], 1000 * times[-1]]}
@@ -143,12 +142,11 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
     from inferlab.configs import load_config
     from inferlab.engine.config import EngineConfig
     from inferlab.engine.model_runner import ModelRunner
-    from inferlab.paging import cdiv
 
     cfg = load_config(shape) if isinstance(shape, str) else dict(shape)
     shape = shape if isinstance(shape, str) else cfg.get("name", "custom")
     runner = ModelRunner(cfg, device=device, dtype="bfloat16", enforce_eager=True,
-                         num_kv_blocks=max(batches) * cdiv(CONTEXT + 1, EngineConfig.block_size))
+                         num_kv_blocks=blocks_needed(max(batches), CONTEXT, EngineConfig.block_size))
     base = runner.model
     rows = []
     for name in variants:
@@ -157,10 +155,11 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
         except (ImportError, RuntimeError, ValueError) as err:
             rows.append({"shape": shape, "variant": name, "error": f"{type(err).__name__}: {err}"[:300]})
             continue
+        wb = weight_bytes(model)
         for b in batches:
             graphed = device.startswith("cuda") and name != "bnb-int8"  # LLM.int8() syncs on its outliers
-            timed = _timed(runner, model, b, graphed)  # first: a kernel may add its own layout of the constants
-            rows.append({"shape": shape, "variant": name, "batch": b, "weight_bytes": weight_bytes(model), **timed})
+            rows.append({"shape": shape, "variant": name, "batch": b, "weight_bytes": wb,
+                         **_timed(runner, model, b, graphed)})
             print(f"{shape:14s} {name:9s} b={b:<3d} {rows[-1].get('tok_s', float('nan')):9.1f} tok/s", flush=True)
             if checkpoint:
                 checkpoint(rows)

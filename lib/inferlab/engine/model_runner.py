@@ -26,6 +26,7 @@ from inferlab.engine.config import EngineConfig, ModelConfig
 from inferlab.engine.loader import ModelSource, load_weights, resolve_source
 from inferlab.engine.models import MODEL_CLASSES
 from inferlab.paging import cdiv, slot_for
+from inferlab.tp import count_all_reduce, count_replayed
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,6 @@ class DecodeGraphs:
 
     def __init__(self, runner: ModelRunner, max_batch: int):
         from inferlab.attention.paged_triton import decode_splits
-        from inferlab.tp import count_all_reduce
 
         self.runner, self.max_batch, self.reduces = runner, max_batch, {}
         dev, c = runner.device, runner.config
@@ -331,9 +331,7 @@ class DecodeGraphs:
         self.vectors[:, :bs].copy_(torch.from_numpy(host), non_blocking=False)
         self.tables[:n, :table.shape[1]].copy_(torch.from_numpy(table))
         self.graphs[bs].replay()
-        if self.reduces[bs][0]:
-            from inferlab.tp import count_replayed
-
+        if self.reduces[bs][0]:  # a tensor-parallel step: its all-reduces ran inside the graph
             count_replayed(*self.reduces[bs])
         return self.outputs[bs][:n]
 

@@ -33,6 +33,7 @@ known to close that gap: unpacking eight nibbles per 32-bit register with one ``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -52,7 +53,7 @@ _STATE: dict = {"ok": None}
 
 
 class Tile(NamedTuple):
-    """One launch shape: kernel (``gemv``/``dot``), row/column/K tiles, warps, pipeline stages."""
+    """One launch shape: kernel (``gemv``, ``gemv2``, ``dot``, ``dot2``), row/column/K tiles, warps, stages."""
 
     kernel: str
     bm: int
@@ -262,18 +263,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor | None:
     return x2.contiguous() if x2.shape[0] <= MAX_ROWS else None
 
 
+@functools.cache
+def _tile_for(fmt: str, bucket: int, N: int, K: int, group: int) -> Tile | None:
+    """:func:`choose_tile`, its K step shrunk until it divides K (None if none does); once per shape."""
+    tile = choose_tile(fmt, bucket, N, K)
+    return next((t for t in (tile, *(tile._replace(bk=bk) for bk in (256, 128, 64, 32))) if fits(t, K, group)), None)
+
+
 def _run(x, layer, fmt: str, group: int) -> torch.Tensor | None:
     x2 = _rows(x)
     if x2 is None:
         return None
     N, K = layer.out_features, layer.in_features
-    tile = choose_tile(fmt, x2.shape[0], N, K)
-    if not fits(tile, K, group):
-        tile = next((t for t in (tile._replace(bk=bk) for bk in (256, 128, 64, 32)) if fits(t, K, group)), None)
-        if tile is None:
-            return None
-    s, z = (layer.scales, layer.zeros) if fmt == "int4" else (layer.scales, None)
-    return launch(x2, layer.qweight, s, z, N, K, group, tile).view(*x.shape[:-1], N)
+    tile = _tile_for(fmt, row_bucket(x2.shape[0]), N, K, group)
+    if tile is None:
+        return None
+    z = layer.zeros if fmt == "int4" else None
+    return launch(x2, layer.qweight, layer.scales, z, N, K, group, tile).view(*x.shape[:-1], N)
 
 
 def int8_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
