@@ -26,7 +26,6 @@ from inferlab.engine.config import EngineConfig, ModelConfig
 from inferlab.engine.loader import ModelSource, load_weights, resolve_source
 from inferlab.engine.models import MODEL_CLASSES
 from inferlab.paging import cdiv, slot_for
-from inferlab.tp import count_all_reduce, count_replayed
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +274,9 @@ class DecodeGraphs:
 
     def __init__(self, runner: ModelRunner, max_batch: int):
         from inferlab.attention.paged_triton import decode_splits
+        from inferlab.tp import count_all_reduce, count_replayed
 
+        self.count_replayed = count_replayed
         self.runner, self.max_batch, self.reduces = runner, max_batch, {}
         dev, c = runner.device, runner.config
         self.width = cdiv(c.max_model_len or c.max_position_embeddings, runner.block_size)
@@ -332,7 +333,7 @@ class DecodeGraphs:
         self.tables[:n, :table.shape[1]].copy_(torch.from_numpy(table))
         self.graphs[bs].replay()
         if self.reduces[bs][0]:  # a tensor-parallel step: its all-reduces ran inside the graph
-            count_replayed(*self.reduces[bs])
+            self.count_replayed(*self.reduces[bs])  # (imported in __init__: inferlab.tp imports the engine)
         return self.outputs[bs][:n]
 
 
