@@ -178,6 +178,19 @@ def test_recorded_speculative_claim_matches_the_record():
     assert sentence in _all_output_text("05_speculative_decoding.ipynb"), "rebuild 05: the record changed"
 
 
+def test_provenance_html_colours_every_token():
+    from types import SimpleNamespace
+
+    from inferlab.speculative import ACCEPTED, BONUS, RESAMPLED
+    from inferlab.viz.speculative import COLORS, provenance_html
+
+    out = SimpleNamespace(sequences=[[1, 2, 7, 8, 9]], new_tokens=[[7, 8, 9]], provenance=[[ACCEPTED, RESAMPLED, BONUS]])
+    page = provenance_html(SimpleNamespace(decode=lambda ids: "".join(f"<{i}>" for i in ids)), out)
+    assert page.count("<span") == 3 + 1 + 3  # legend, prompt, one per new token
+    assert all(COLORS[k] in page for k in (ACCEPTED, RESAMPLED, BONUS, "prompt"))
+    assert "&lt;7&gt;" in page and "&lt;1&gt;&lt;2&gt;" in page  # token text escaped, prompt decoded once
+
+
 def test_best_draft_sentence_follows_the_numbers():
     from inferlab.viz.speculative import best_draft_sentence
 

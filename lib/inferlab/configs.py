@@ -239,6 +239,14 @@ def _norms_per_layer(cfg: dict) -> int:
     return 2
 
 
+TIED_BY_DEFAULT = {"gemma2", "gemma3", "gemma3_text", "opt", "falcon"}  # transformers' default when the key is absent
+
+
+def tied_embeddings(cfg: dict) -> bool:
+    """True when the LM head shares the input embedding's matrix (``tie_word_embeddings``, or its default)."""
+    return bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in TIED_BY_DEFAULT))
+
+
 def param_count(config: Any) -> int:
     """Parameters of a decoder-only LM from its config (embeddings, attention, MLP incl.
     all MoE experts, norms, and the LM head unless tied to the embeddings).
@@ -254,7 +262,7 @@ def param_count(config: Any) -> int:
     n = s.vocab * h
     if cfg.get("model_type") == "opt":
         n += (int(s.max_context) + 2) * h  # learned positions (OPT offsets them by 2)
-    if not cfg.get("tie_word_embeddings", cfg.get("model_type") in {"gemma2", "gemma3", "gemma3_text", "opt", "falcon"}):
+    if not tied_embeddings(cfg):
         n += s.vocab * h
     for layer in range(s.n_layers):
         n += _attention_params(cfg, s) + _mlp_params(cfg, s, layer) + _norms_per_layer(cfg) * norm

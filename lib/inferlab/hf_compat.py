@@ -8,6 +8,7 @@ versions itself, so the next rename is fixed here once.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,12 @@ from typing import Any
 
 def cache_keyword(model: Any) -> str:
     """``"cache"`` where ``model.forward`` takes that name (transformers >= 5.2x), else ``"past_key_values"``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return _cache_keyword_of(type(model))
+
+
+@functools.cache
+def _cache_keyword_of(cls: type) -> str:  # once per model class: decode loops ask every step
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:

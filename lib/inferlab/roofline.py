@@ -25,7 +25,7 @@ import math
 import time
 from typing import Any
 
-from inferlab.configs import model_shape, param_count
+from inferlab.configs import model_shape, param_count, tied_embeddings
 from inferlab.device import pick_device, synchronize, time_fn, torch_dtype
 from inferlab.hf_compat import cache_kwargs, cache_of, last_logits_only
 from inferlab.kvcache import kv_bytes_per_token, kv_cache_bytes, weight_bytes_per_param
@@ -56,7 +56,7 @@ def _matmul_params(cfg: dict) -> int:
     """
     shape = model_shape(cfg)
     n = param_count(cfg)
-    if not cfg.get("tie_word_embeddings", cfg.get("model_type") in {"gemma2", "opt"}):
+    if not tied_embeddings(cfg):
         n -= shape.vocab * shape.hidden
     return n
 

@@ -17,6 +17,8 @@ float constants, and back. Nothing looks at activations (that is GPTQ's and AWQ'
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
@@ -56,9 +58,7 @@ def dequantize_int8_absmax(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
 def quantize_int8_zeropoint(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(q uint8, scale [out], zero uint8 [out])`` with ``w ≈ (q - zero) * scale``."""
     w = _check_matrix(w)
-    lo, hi = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)  # 0 stays exactly representable
-    scale = (hi - lo).clamp(min=1e-8) / 255.0
-    zero = torch.round(-lo / scale).clamp(0, 255)
+    scale, zero = asym_params(w, 8)  # 0 stays exactly representable
     q = torch.round(w / scale[:, None] + zero[:, None]).clamp(0, 255).to(torch.uint8)
     return q, scale, zero.to(torch.uint8)
 
@@ -142,11 +142,17 @@ def nf4_levels() -> torch.Tensor:
     the outermost probability ``δ`` chosen halfway between 1 − 1/(2·15) and 1 − 1/(2·16) so
     that the extreme quantiles stay finite; then everything is divided by the largest value.
     """
+    return _levels_on("cpu").clone()
+
+
+@functools.cache
+def _levels_on(device: str) -> torch.Tensor:
+    """:func:`nf4_levels`, computed once and kept on ``device`` (dequantizing reads it every forward)."""
     delta = 0.5 * ((1 - 1 / (2 * 15)) + (1 - 1 / (2 * 16)))
     pos = torch.special.ndtri(torch.linspace(delta, 0.5, 9, dtype=torch.float64)[:-1])
     neg = -torch.special.ndtri(torch.linspace(delta, 0.5, 8, dtype=torch.float64)[:-1])
     levels = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
-    return (levels / levels.abs().max()).float()
+    return (levels / levels.abs().max()).float().to(device)
 
 
 def _nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -178,7 +184,7 @@ def quantize_nf4(w: torch.Tensor, double_quant: bool = True) -> dict[str, torch.
         raise ValueError(f"NF4 needs a weight count divisible by {NF4_BLOCK}, got shape {tuple(w.shape)}")
     blocks = w.reshape(-1, NF4_BLOCK)
     absmax = blocks.abs().amax(dim=1).clamp(min=1e-12)
-    codes = _nearest_level(blocks / absmax[:, None], nf4_levels())
+    codes = _nearest_level(blocks / absmax[:, None], _levels_on(str(blocks.device)))
     out = {"packed": pack_int4(codes.view(w.shape))}
     if double_quant:
         out["absmax_q"], out["absmax_scale"], out["absmax_mean"] = quantize_absmax_blocks(absmax)
@@ -195,5 +201,5 @@ def nf4_absmax(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def dequantize_nf4(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     codes = unpack_int4(parts["packed"])
-    values = nf4_levels().to(codes.device)[codes.long()]
+    values = _levels_on(str(codes.device))[codes.long()]
     return (values.view(-1, NF4_BLOCK) * nf4_absmax(parts)[:, None]).view(codes.shape)

@@ -63,7 +63,8 @@ def distribution_figure(tokenizer, target_probs: torch.Tensor, frequencies: dict
     return fig
 
 
-def _span(values, fmt: str = "{:.2f}") -> str:
+def _range_text(values, fmt: str = "{:.2f}") -> str:
+    """``lo-hi`` of ``values`` as text, or one number when they print the same."""
     lo, hi = min(values), max(values)
     return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
@@ -74,11 +75,11 @@ def recorded_speedup_sentence(record: dict, method: str = "ours") -> str:
     ks = [r["k"] for r in record["results"] if r["temperature"] == 0.0 and method in r["methods"]]
     get = lambda key: [row[key] for row in rows]  # noqa: E731
     return (f"In the recorded {record['device']} sweep ({record['model']} with {record['draft_model']}, greedy, "
-            f"k = {', '.join(map(str, ks))}): alpha {_span(get('alpha'))}, c {_span(get('cost_ratio_c'))}; the "
-            f"formula predicts {_span(get('predicted_speedup'))}x and the measurement gives "
-            f"{_span(get('speedup_vs_plain'))}x, because verifying k + 1 tokens cost "
-            f"{_span(get('verify_over_plain_step'))} target steps instead of one. Charged that cost, the formula "
-            f"predicts {_span(get('predicted_speedup_with_verify_cost'))}x.")
+            f"k = {', '.join(map(str, ks))}): alpha {_range_text(get('alpha'))}, c {_range_text(get('cost_ratio_c'))}; the "
+            f"formula predicts {_range_text(get('predicted_speedup'))}x and the measurement gives "
+            f"{_range_text(get('speedup_vs_plain'))}x, because verifying k + 1 tokens cost "
+            f"{_range_text(get('verify_over_plain_step'))} target steps instead of one. Charged that cost, the formula "
+            f"predicts {_range_text(get('predicted_speedup_with_verify_cost'))}x.")
 
 
 def best_draft_sentence(tokens_per_call: dict[str, float]) -> str:
