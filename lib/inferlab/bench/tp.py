@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from inferlab import tp
-from inferlab.engine.distributed import diagnose, free_port, init_process_group
+from inferlab.engine.distributed import diagnose, free_port, init_process_group, rank_device
 
 BATCHES = [1, 4, 16, 64, 256]
 
@@ -105,7 +105,7 @@ def _graphed(run):
 
 def _all_reduce_rank(rank, size, port, device, hidden, dtype, batches, repeats, inner):
     init_process_group(rank, size, port, device)
-    dev = f"cuda:{rank}" if device.startswith("cuda") else "cpu"
+    dev = rank_device(device, rank)
     rows = []
     for b in batches:
         x = torch.ones(b, hidden, dtype=dtype, device=dev)
@@ -122,12 +122,11 @@ def time_all_reduce(device: str = "cpu", hidden: int = 2048, dtype=torch.bfloat1
 
 # --------------------------------------------------------------------------- the sharded matmuls of a step
 def _matmul_rank(rank, size, port, device, config, dtype, batches, repeats, inner):
-    from inferlab.engine.layers import silu_and_mul
     from inferlab.engine.models import MODEL_CLASSES
 
     if size > 1:
         init_process_group(rank, size, port, device)
-    dev = f"cuda:{rank}" if device.startswith("cuda") else "cpu"
+    dev = rank_device(device, rank)
     torch.manual_seed(0)
     with torch.device(dev):
         layers = MODEL_CLASSES[config.model_type](config).model.layers.to(dtype)
@@ -141,7 +140,7 @@ def _matmul_rank(rank, size, port, device, config, dtype, batches, repeats, inne
             a, m = layer.self_attn, layer.mlp
             q = a.qkv_proj(x)[:, : a.num_heads * config.head_dim]  # attention itself left out
             x = x + a.o_proj(q)
-            x = x + m.down_proj(silu_and_mul(m.gate_up_proj(x)))
+            x = x + m.down_proj(m.act_and_mul(m.gate_up_proj(x)))
         return x
 
     rows = []

@@ -71,7 +71,7 @@ def _add_table_metadata(meta: AttentionMetadata, chunks: list[ChunkInput], block
         c, n = chunks[i], int(sizes[i])
         table[row, :len(c.block_table)] = c.block_table
         pos = np.arange(c.start, c.start + n)
-        slot_mapping[offsets[i]:offsets[i] + n] = table[row, pos // block_size] * block_size + pos % block_size
+        slot_mapping[offsets[i]:offsets[i] + n] = slot_for(table[row], pos, block_size)
         lens[:, row] = (offsets[i], n, c.start + n)
     meta.uncached = [(int(offsets[i]), int(offsets[i] + sizes[i])) for i, c in enumerate(chunks) if c.block_table is None]
     meta.slot_mapping = torch.from_numpy(slot_mapping).to(device)
@@ -84,47 +84,59 @@ def _add_table_metadata(meta: AttentionMetadata, chunks: list[ChunkInput], block
 
 
 def _add_slot_metadata(meta: AttentionMetadata, chunks: list[ChunkInput], block_size: int, device) -> None:
-    """Gathered slot lists and masks per decode row and prefill chunk (the readable backends)."""
+    """Gathered slot lists and masks per decode row and prefill chunk (the readable backends).
+
+    Built with numpy on the host and copied once per tensor, as the table metadata is.
+    """
+    import numpy as np
+
     write_tokens, write_slots, decode_rows, prefills = [], [], [], []
     offset = 0
     for chunk in chunks:
         n = len(chunk.token_ids)
         if chunk.block_table is not None:
-            table = torch.tensor(chunk.block_table, dtype=torch.long)
-            write_tokens.append(torch.arange(offset, offset + n))
-            write_slots.append(slot_for(table, torch.arange(chunk.start, chunk.start + n), block_size))
+            table = np.asarray(chunk.block_table, dtype=np.int64)
+            write_tokens.append(np.arange(offset, offset + n))
+            write_slots.append(slot_for(table, np.arange(chunk.start, chunk.start + n), block_size))
         if chunk.block_table is not None and n == 1:
-            decode_rows.append((offset, chunk.start + 1, chunk.block_table))
+            decode_rows.append((offset, chunk.start + 1, table))
         elif chunk.block_table is None or chunk.start == 0:
             prefills.append((offset, offset + n, None, None))
         else:
             ctx = chunk.start + n
-            slots = slot_for(table, torch.arange(ctx), block_size).to(device)
-            q_pos = torch.arange(chunk.start, ctx)[:, None]
-            mask = (torch.arange(ctx)[None, :] <= q_pos).to(device)
+            slots = _to(slot_for(table, np.arange(ctx), block_size), device)
+            mask = _to(np.arange(ctx)[None, :] <= np.arange(chunk.start, ctx)[:, None], device)
             prefills.append((offset, offset + n, slots, mask))
         offset += n
-    meta.write_tokens, meta.write_slots = _cat(write_tokens).to(device), _cat(write_slots).to(device)
+    meta.write_tokens, meta.write_slots = _to(_cat(write_tokens), device), _to(_cat(write_slots), device)
     meta.prefills = prefills
     if decode_rows:
         _add_decode_metadata(meta, decode_rows, block_size, device)
 
 
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+def _cat(parts: list):
+    import numpy as np
+
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _to(array, device) -> torch.Tensor:
+    return torch.from_numpy(array).to(device)
 
 
 def _add_decode_metadata(meta: AttentionMetadata, rows, block_size: int, device) -> None:
+    import numpy as np
+
     max_ctx = max(ctx for _, ctx, _ in rows)
-    tables = torch.zeros(len(rows), cdiv(max_ctx, block_size), dtype=torch.long)
+    tables = np.zeros((len(rows), cdiv(max_ctx, block_size)), dtype=np.int64)
     for i, (_, ctx, table) in enumerate(rows):
         used = cdiv(ctx, block_size)
-        tables[i, :used] = torch.tensor(table[:used])
-    ctx_lens = torch.tensor([ctx for _, ctx, _ in rows])
-    positions = torch.arange(max_ctx)
-    meta.decode_tokens = torch.tensor([off for off, _, _ in rows], device=device)
-    meta.decode_slots = slot_for(tables, positions, block_size).to(device)
-    meta.decode_mask = (positions[None, :] < ctx_lens[:, None])[:, None, None, :].to(device)
+        tables[i, :used] = table[:used]
+    ctx_lens = np.array([ctx for _, ctx, _ in rows])
+    positions = np.arange(max_ctx)
+    meta.decode_tokens = _to(np.array([off for off, _, _ in rows], dtype=np.int64), device)
+    meta.decode_slots = _to(slot_for(tables, positions, block_size), device)
+    meta.decode_mask = _to(positions[None, :] < ctx_lens[:, None], device)[:, None, None, :]
 
 
 # --------------------------------------------------------------------------- runner
