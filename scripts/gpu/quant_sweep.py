@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from inferlab.bench import save_result
 from inferlab.configs import load_config
 from inferlab.device import time_cuda_graph
 from inferlab.engine.config import ModelConfig
@@ -179,13 +180,12 @@ def main(argv: list[str]) -> int:
 
 
 def save(out_dir: Path, rows: list) -> dict:
-    gpu, tuned = torch.cuda.get_device_name(), table(rows)
-    payload = {"gpu": gpu, "torch": torch.__version__, "triton": getattr(kernels.triton, "__version__", None),
-               "date": time.strftime("%Y-%m-%d"), "group": GROUP,
-               "method": "CUDA graph of one launch per weight copy (copies >= 256 MB in all), median of 5 replays",
-               "rows": rows, "tuned": tuned}
-    (out_dir / "quant-sweep-h200.json").write_text(json.dumps(payload, indent=1))
-    (out_dir / "tuned.json").write_text(json.dumps({gpu: tuned}, indent=1))
+    """The sweep as ``quant-sweep-<gpu>.json`` (:func:`inferlab.bench.save_result`) and its table as tuned.json."""
+    tuned = table(rows)
+    save_result("quant-sweep", {"triton": getattr(kernels.triton, "__version__", None), "group": GROUP,
+                                "method": "CUDA graph of one launch per weight copy (copies >= 256 MB in all), "
+                                          "median of 5 replays", "tuned": tuned, "rows": rows}, out_dir)
+    (out_dir / "tuned.json").write_text(json.dumps({torch.cuda.get_device_name(): tuned}, indent=1))
     return tuned
 
 
