@@ -100,8 +100,7 @@ def batch1_inferlab(runner: ModelRunner, sizes: dict, graphed: bool = True) -> f
         out = []
         while eng.has_unfinished_requests():
             out += eng.step()
-        m = out[0].metrics
-        return (len(out[0].outputs[0].token_ids) - 1) / (m.finish_time - m.first_token_time)
+        return 1.0 / out[0].metrics.tpot(len(out[0].outputs[0].token_ids))
     finally:
         runner.graphs = keep
 

@@ -144,10 +144,10 @@ def _result(name: str, wall: float, outputs, trace) -> RunResult:
                     padding_tokens=sum(s.num_padding_tokens for s in trace), trace=list(trace))
     for o in outputs:
         m, n = o.metrics, len(o.outputs[0].token_ids)
-        res.ttft.append(m.first_token_time - m.arrival_time)
-        res.e2e.append(m.finish_time - m.arrival_time)
+        res.ttft.append(m.ttft)
+        res.e2e.append(m.e2e)
         if n > 1:
-            res.tpot.append((m.finish_time - m.first_token_time) / (n - 1))
+            res.tpot.append(m.tpot(n))
     return res
 
 

@@ -44,6 +44,17 @@ class RequestMetrics:
         """Time to first token: arrival to the first sampled token."""
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
 
+    @property
+    def e2e(self) -> float | None:
+        """End-to-end latency: arrival to the last token."""
+        return None if self.finish_time is None else self.finish_time - self.arrival_time
+
+    def tpot(self, num_generated: int) -> float | None:
+        """Time per output token after the first (decode speed as one request saw it); None below 2 tokens."""
+        if num_generated < 2 or self.finish_time is None or self.first_token_time is None:
+            return None
+        return (self.finish_time - self.first_token_time) / (num_generated - 1)
+
 
 @dataclass
 class Sequence:

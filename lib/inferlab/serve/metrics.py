@@ -44,10 +44,10 @@ class ServerMetrics:
             self.requests.labels(finish_reason=reason or "unknown").inc()
         if metrics is None or metrics.first_token_time is None or metrics.finish_time is None:
             return
-        self.ttft.observe(metrics.first_token_time - metrics.arrival_time)
-        self.e2e.observe(metrics.finish_time - metrics.arrival_time)
+        self.ttft.observe(metrics.ttft)
+        self.e2e.observe(metrics.e2e)
         if num_generated > 1:
-            self.tpot.observe((metrics.finish_time - metrics.first_token_time) / (num_generated - 1))
+            self.tpot.observe(metrics.tpot(num_generated))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
