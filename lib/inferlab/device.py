@@ -9,6 +9,7 @@ timing without a synchronize on both sides measures the launch, not the work).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -108,6 +109,19 @@ def time_fn(fn, device: Any = None, repeats: int = 5, warmup: int = 1) -> list[f
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (unchanged when ``n`` is None), then restore them."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(n) if n else saved)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def time_cuda_graph(fn, repeats: int = 5) -> list[float]:

@@ -85,7 +85,7 @@ def all_reduce_bytes_per_token(config: ModelConfig, dtype: torch.dtype | str = "
     """Payload each rank all-reduces per token: two ``hidden``-vectors per layer (after o_proj and down_proj)."""
     from inferlab.device import torch_dtype
 
-    size = torch.empty(0, dtype=torch_dtype(dtype, "cpu")).element_size()
+    size = torch_dtype(dtype, "cpu").itemsize
     return 2 * config.num_layers * config.hidden_size * size
 
 
@@ -294,7 +294,7 @@ def projection_bytes(config: ModelConfig, dtype: torch.dtype | str = "bfloat16")
     """Bytes of every layer's q/k/v, o, gate/up and down weights: what a decode step's projections read."""
     from inferlab.device import torch_dtype
 
-    c, size = config, torch.empty(0, dtype=torch_dtype(dtype, "cpu")).element_size()
+    c, size = config, torch_dtype(dtype, "cpu").itemsize
     qkv = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
     per_layer = qkv + c.num_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
     return c.num_layers * per_layer * size

@@ -46,7 +46,7 @@ from inferlab.bench import load_result
 from inferlab.configs import model_shape
 from inferlab.device import pick_device
 from inferlab.viz import setup_plotly
-from inferlab.viz.flash import memory_time_figure, memory_time_static, speedup_static, tiling_animation, tiling_static
+from inferlab.viz.flash import memory_time_figure, speedup_static, tiling_animation, tiling_static
 
 setup_plotly()
 DEVICE = pick_device(DEVICE)
@@ -222,9 +222,6 @@ for row in live["rows"]:
 # %%
 memory_time_figure(live, f"Live on {DEVICE}: one attention layer of {MODEL}, causal").show()
 
-# %%
-fig = memory_time_static(live, f"Live on {DEVICE} (static)")
-
 # %% [markdown]
 # Doubling the length should multiply the square's memory by about 4, and the tiled versions' by
 # at most 2: their output grows linearly, their workspace is a tile of fixed size (while that
@@ -260,10 +257,6 @@ else:
     for row in recorded["rows"]:
         print(bench.format_row(row))
     memory_time_figure(recorded, "Recorded on an H200: one Llama-3.2-1B attention layer, bf16, causal").show()
-
-# %%
-if recorded is not None:
-    fig = memory_time_static(recorded, "Recorded on an H200 (static)")
 
 # %% [markdown]
 # Throughput in TFLOP/s counts the multiply-adds of $QK^\top$ and $PV$ over the visible (query,

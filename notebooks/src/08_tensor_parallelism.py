@@ -45,7 +45,7 @@ from inferlab.engine.config import ModelConfig
 from inferlab.engine.loader import resolve_source
 from inferlab.kvcache import kv_bytes_per_token, kv_cache_bytes, weight_bytes
 from inferlab.viz import setup_plotly
-from inferlab.viz.tp import lines_figure, lines_static, sharding_figure, sharding_static
+from inferlab.viz.tp import lines_figure, sharding_figure, sharding_static
 
 setup_plotly()
 config = resolve_source(MODEL).config
@@ -228,9 +228,6 @@ if recorded is not None and recorded.get("all_reduce"):
                                            [1e6 * min(r["seconds"]) for r in recorded["all_reduce"]])
 lines_figure(series, "One all-reduce over two ranks", "bytes per rank", "microseconds").show()
 
-# %%
-fig = lines_static(series, "One all-reduce over two ranks (static)", "bytes per rank", "microseconds")
-
 # %% [markdown]
 # Two regimes show up. Small messages cost a fixed latency (the launch, the handshake), nearly flat
 # in size; large ones cost bytes over bandwidth, growing linearly. A decode step at batch 1 sends the
@@ -272,10 +269,6 @@ if mm:
                  "microseconds per step").show()
 else:
     print("No recorded H200 projections yet.")
-
-# %%
-if mm:
-    fig = lines_static(mm_series, "Recorded, 2 x H200 (static)", "batch", "microseconds per step")
 
 # %% [markdown]
 # Why no gain at batch 1, where decoding is most memory-bound? Put the two recorded numbers side by

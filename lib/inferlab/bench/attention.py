@@ -254,19 +254,10 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
 
     device = pick_device(device)
     opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
+    from inferlab.device import cpu_threads
+
     with cpu_threads(opts.get("threads")):
         return _sweep(device, opts, print if progress else (lambda *a, **k: None), checkpoint)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Run the block with ``n`` torch CPU threads (unchanged when ``n`` is None), then restore them."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(int(n) if n else saved)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _sweep(device: str, opts: dict[str, Any], say, checkpoint) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from inferlab.bench.workloads import NullTokenizer, Request, run_engine, synthet
 from inferlab.device import synchronize, time_fn
 from inferlab.engine.llm_engine import LLMEngine
 from inferlab.engine.model_runner import ChunkInput, ModelRunner
+from inferlab.paging import cdiv
 
 GPU = {"model": "llama-3.2-1b", "dtype": "bfloat16", "n": 256, "prompt_len": (64, 1024), "output_len": (64, 512),
        "max_num_seqs": 256, "max_num_batched_tokens": 8192, "static_batch": 32, "batch1_prompt": 128,
@@ -107,9 +108,10 @@ def batch1_inferlab(runner: ModelRunner, sizes: dict, graphed: bool = True) -> f
 
 def decode_chunks(runner: ModelRunner, batch: int, context: int) -> list[ChunkInput]:
     """A decode step of ``batch`` sequences with ``context`` tokens each, on distinct blocks."""
-    per = -(-context // runner.block_size)
+    per = cdiv(context, runner.block_size)
     if batch * per > runner.num_blocks:
-        raise ValueError(f"{batch} x {context} tokens need {batch * per} blocks; the pool has {runner.num_blocks}")
+        raise ValueError(f"{batch} x {context} tokens need {batch * per} KV blocks; the pool has {runner.num_blocks}: "
+                         f"build the runner with num_kv_blocks >= {batch * per}")
     return [ChunkInput([1], context - 1, list(range(i * per, (i + 1) * per))) for i in range(batch)]
 
 
@@ -353,7 +355,7 @@ def decode_modes(model: Any = "tiny", device: str | None = None, batch: int = 1,
     on_cuda = device.startswith("cuda")
     dtype = dtype or ("bfloat16" if on_cuda else "float32")
     runner = ModelRunner(model, device=device, dtype=dtype, block_size=16, max_num_seqs=max(batch, 1),
-                         num_kv_blocks=batch * (-(-context // 16)) + 1)
+                         num_kv_blocks=batch * cdiv(context, 16) + 1)
     out: dict[str, Any] = {"device": device, "batch": batch, "context": context, "dtype": dtype}
     for graphed in (False, True) if runner.graphs is not None else (False,):
         seconds = decode_step_seconds(runner, batch, context, graphed)

@@ -30,13 +30,6 @@ CONTEXT = 128  # tokens already in each sequence's cache when the timed decode s
 
 
 # ------------------------------------------------------------------ a graphable decode step
-def blocks_needed(batch: int, context: int, block_size: int) -> int:
-    """KV blocks for ``batch`` sequences of ``context`` cached tokens plus the one being decoded."""
-    from inferlab.paging import cdiv
-
-    return batch * cdiv(context + 1, block_size)
-
-
 class EngineStep:
     """One decode step of the engine's own forward: ``batch`` sequences at position ``context``.
 
@@ -47,16 +40,12 @@ class EngineStep:
     """
 
     def __init__(self, runner, batch: int, context: int = CONTEXT, model=None):
-        from inferlab.engine.model_runner import ChunkInput, build_metadata
+        from inferlab.bench.engine import decode_chunks
+        from inferlab.engine.model_runner import build_metadata
 
-        need = blocks_needed(batch, context, runner.block_size)
-        if need > runner.num_blocks:
-            raise ValueError(f"{batch} sequences of {context + 1} tokens need {need} KV blocks, the runner "
-                             f"has {runner.num_blocks}: build it with num_kv_blocks >= {need}")
-        per_seq = need // batch
+        chunks = decode_chunks(runner, batch, context + 1)  # each row on its own blocks
         self.model, self.batch = model or runner.model, batch
-        self.block_tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(batch)]
-        chunks = [ChunkInput([0], context, table) for table in self.block_tables]
+        self.block_tables = [c.block_table for c in chunks]
         self.meta = build_metadata(chunks, runner.block_size, runner.device, slots=not runner.uses_tables,
                                    tables=runner.uses_tables)
         if runner.uses_tables:  # a fixed split of the decode kernel, as inside the engine's graphs
@@ -142,11 +131,12 @@ def decode_table(shape, device: str, batches=(1, 32), variants=("bf16", "int8", 
     from inferlab.configs import load_config
     from inferlab.engine.config import EngineConfig
     from inferlab.engine.model_runner import ModelRunner
+    from inferlab.paging import cdiv
 
     cfg = load_config(shape) if isinstance(shape, str) else dict(shape)
     shape = shape if isinstance(shape, str) else cfg.get("name", "custom")
     runner = ModelRunner(cfg, device=device, dtype="bfloat16", enforce_eager=True,
-                         num_kv_blocks=blocks_needed(max(batches), CONTEXT, EngineConfig.block_size))
+                         num_kv_blocks=max(batches) * cdiv(CONTEXT + 1, EngineConfig.block_size))
     base = runner.model
     rows = []
     for name in variants:

@@ -53,19 +53,13 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
     ``overrides`` replace entries of :func:`defaults` (``threads`` sets torch's CPU threads for
     the run only; ``static_generate=True`` adds transformers ``generate`` with a static cache,
     compiled on CUDA). ``checkpoint(payload)`` is called before that slow, optional step."""
-    import torch
 
-    from inferlab.device import pick_device
+    from inferlab.device import cpu_threads, pick_device
 
     device = pick_device(device)
     opts = {**defaults(device), **{k: v for k, v in overrides.items() if v is not None}}
-    before = torch.get_num_threads()
-    if opts.get("threads"):
-        torch.set_num_threads(int(opts["threads"]))
-    try:
+    with cpu_threads(opts.get("threads")):
         return _run(device, opts, print if progress else (lambda *a, **k: None), checkpoint)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(device: str, opts: dict[str, Any], say, checkpoint=None) -> dict[str, Any]:

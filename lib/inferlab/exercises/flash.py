@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Callable
 
-from inferlab.exercises import Check, not_answered, show_solution, verdict
+from inferlab.exercises import Blank, Check, attempt, not_answered, show_solution, verdict
 from inferlab.paging import cdiv
 
 SOLUTIONS = {
@@ -35,13 +35,11 @@ def check_merge(fn: Callable[[float, float, float, float], tuple[float, float]])
     cases += [(rng.uniform(-5, 5), rng.uniform(0.1, 9), rng.uniform(-5, 5), rng.uniform(0.1, 9)) for _ in range(20)]
     for m_a, l_a, m_b, l_b in cases:
         try:
-            got = fn(m_a, l_a, m_b, l_b)
-        except NotImplementedError:
+            got = attempt(fn, m_a, l_a, m_b, l_b)
+        except Blank:
             return not_answered("write merge(), or run solution('merge')")
         except Exception as e:  # a learner's bug is a wrong answer, not a crash
             return verdict(False, "", f"merge{(m_a, l_a, m_b, l_b)} raised {type(e).__name__}: {e}")
-        if got is None:
-            return not_answered("merge() returns None")
         m = max(m_a, m_b)
         want = (m, l_a * math.exp(m_a - m) + l_b * math.exp(m_b - m))
         if not (math.isclose(got[0], want[0], rel_tol=1e-9) and math.isclose(got[1], want[1], rel_tol=1e-9)):

@@ -35,7 +35,6 @@ from inferlab.serve.metrics import ServerMetrics
 from inferlab.serve.protocol import openai_error, tgi_error
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt the context can hold
-FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
 
 
 class ServeError(Exception):

@@ -19,7 +19,6 @@ from fastapi import APIRouter, Request
 
 from inferlab.engine.async_engine import SampleDelta
 from inferlab.serve.app import (
-    FINISH_REASONS,
     ServeError,
     ServingEngine,
     merge,
@@ -146,8 +145,8 @@ async def _collect(serving: ServingEngine, streams, n: int) -> list[Choice]:
             c = choices[i * n + d.index]
             c.text += d.text
             c.num_tokens += len(d.token_ids)
-            c.logprobs += list(zip(d.token_ids, d.logprobs or [], strict=False))
-            c.finish_reason = FINISH_REASONS.get(d.finish_reason, d.finish_reason) if d.finish_reason else None
+            c.logprobs += _entries(d)
+            c.finish_reason = _reason(d)
         if out.finished:
             serving.record(out)
     return choices
@@ -228,4 +227,5 @@ def _entries(d: SampleDelta) -> list[tuple[int, dict[int, float]]]:
 
 
 def _reason(d: SampleDelta) -> str | None:
-    return FINISH_REASONS.get(d.finish_reason, d.finish_reason) if d.finish_reason else None
+    """The engine's finish reason is already OpenAI's word ("stop", "length", "abort"); "" means none."""
+    return d.finish_reason or None

@@ -13,7 +13,7 @@ from typing import Any
 from inferlab.paging import cdiv
 from inferlab.viz import PALETTE
 
-__all__ = ["memory_time_figure", "memory_time_static", "speedup_static", "tiling_animation", "tiling_static"]
+__all__ = ["memory_time_figure", "speedup_static", "tiling_animation", "tiling_static"]
 
 # tile states: score tiles (rows: query tiles, columns: key/value tiles), then the two strips
 TODO, DONE, NOW, SKIPPED, IN_SRAM, IN_HBM = range(6)
@@ -141,26 +141,6 @@ def memory_time_figure(payload: dict[str, Any], title: str):
     fig.update_xaxes(type="log", title="sequence length (tokens)")
     fig.update_yaxes(type="log")
     fig.update_layout(title=title, height=420, legend={"orientation": "h", "y": -0.25})
-    return fig
-
-
-def memory_time_static(payload: dict[str, Any], title: str):
-    """Matplotlib twin of :func:`memory_time_figure`."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=80)
-    for ax, (key, scale, label) in zip(axes, PANELS, strict=True):
-        for name, (xs, ys) in _series(payload, key, scale).items():
-            ax.plot(xs, ys, marker="o", label=name, color=VARIANT_COLORS.get(name))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
 
 

@@ -83,19 +83,3 @@ def lines_figure(series: dict[str, tuple[list, list]], title: str, xlabel: str, 
     kind = "log" if log else "linear"
     fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, height=380, xaxis_type=kind, yaxis_type=kind)
     return fig
-
-
-def lines_static(series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str, log: bool = True):
-    """The static twin of :func:`lines_figure`."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=80)
-    for i, (name, (xs, ys)) in enumerate(series.items()):
-        ax.plot(xs, ys, marker="o", label=name, color=PALETTE[i % len(PALETTE)])
-    if log:
-        ax.set_xscale("log"), ax.set_yscale("log")
-    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.show()
-    return fig
