@@ -47,6 +47,20 @@ def test_pack_int4_round_trip_and_layout():
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_kernel_order_puts_code_i_of_word_j_at_column_i_slices_apart(group_size):
+    codes = torch.randint(0, 16, (3, 2 * group_size), dtype=torch.uint8)
+    ordered = rtn.kernel_order(codes, group_size)
+    assert torch.equal(rtn.natural_order(ordered, group_size), codes)
+    words = rtn.pack_int4(ordered).view(torch.int32)  # what the decode kernel reads
+    wg = group_size // 8
+    for g, j, i in ((0, 0, 0), (1, wg - 1, 7), (0, 2, 5)):
+        nibble = (int(words[1, g * wg + j]) >> (4 * i)) & 0xF
+        assert nibble == int(codes[1, g * group_size + i * wg + j])
+    layer = Int4Linear.from_codes(codes, torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.uint8))
+    assert torch.equal(layer.codes(), codes) and torch.equal(layer.dequantize(), codes.float())
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_int4_grouped_error_and_packed_bytes(group_size):
     w = torch.randn(48, 256)
     layer = Int4Linear.from_float(w, group_size=group_size)

@@ -90,8 +90,11 @@ for M in (1, 5, 20):
         for layer, fast in ((Int8Linear.from_float(w), kernels.int8_linear), (Int4Linear.from_float(w, group_size=g), kernels.int4_linear)):
             kernels.available = lambda: True
             ref = x.float() @ layer.dequantize().T
-            got = fast(x, layer).float()
-            worst = max(worst, float((got - ref).abs().max() / ref.abs().max()))
+            got = fast(x, layer)
+            if got is None:  # int4 at several rows needs groups of 128 (tl.dot's slices); the reference runs
+                assert isinstance(layer, Int4Linear) and M > 1 and g < 128, (M, N, K, g)
+                continue
+            worst = max(worst, float((got.float() - ref).abs().max() / ref.abs().max()))
 print(worst)
 """
 
@@ -110,11 +113,11 @@ from inferlab.quant import kernels
 from inferlab.quant.kernels import Tile
 from inferlab.quant.linear import Int4Linear, Int8Linear
 torch.manual_seed(0)
-tiles = [Tile("gemv", 1, 16, 256, 4, 2), Tile("gemv2", 1, 32, 128, 4, 2), Tile("dot", 16, 32, 256, 4, 2),
-         Tile("dot2", 16, 16, 128, 4, 2)]
+tiles = [Tile("gemv", 1, 16, 256, 4, 2), Tile("gemv", 1, 8, 128, 4, 2), Tile("dot", 16, 32, 256, 4, 2),
+         Tile("dot", 16, 16, 128, 4, 2)]
 worst = 0.0
 for M in (1, 3):
-    for N, K, g in ((96, 512, 128), (40, 256, 32)):
+    for N, K, g in ((96, 512, 128), (40, 256, 32), (24, 512, 64)):
         w, x = torch.randn(N, K), torch.randn(M, K).half()
         for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, group_size=g)):
             int4 = isinstance(layer, Int4Linear)
@@ -132,7 +135,7 @@ print(worst)
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CUDA machines have it)")
 def test_every_kernel_variant_in_the_interpreter():
-    """gemv, gemv2 (int4 nibbles against even/odd columns), dot and dot2, at tiles smaller than K.
+    """gemv and dot, int8 and int4 (every group size), at tiles smaller than K.
 
     fp16 activations: the interpreter computes bf16 ``tl.dot`` wrongly (numpy has no bf16); bf16
     runs on the GPU test below and in scripts/gpu/quant_sweep.py."""

@@ -124,12 +124,9 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(saved)
 
 
-def time_cuda_graph(fn, repeats: int = 5) -> list[float]:
-    """Seconds per replay of one CUDA graph of ``fn()``: the GPU's time, without Python's launches.
-
-    ``fn`` runs once on a side stream (so lazy initialisation and Triton compiles happen outside
-    the capture), is captured, then replayed ``repeats`` times between CUDA events.
-    """
+def capture_cuda_graph(fn):
+    """``fn()`` captured as a ``torch.cuda.CUDAGraph``, after one warm-up run on a side stream
+    (so lazy initialisation and Triton compiles happen outside the capture)."""
     import torch
 
     side = torch.cuda.Stream()
@@ -140,6 +137,18 @@ def time_cuda_graph(fn, repeats: int = 5) -> list[float]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
+    return graph
+
+
+def time_cuda_graph(fn, repeats: int = 5) -> list[float]:
+    """Seconds per replay of one CUDA graph of ``fn()``: the GPU's time, without Python's launches.
+
+    ``fn`` is captured by :func:`capture_cuda_graph`, then replayed ``repeats`` times between CUDA
+    events.
+    """
+    import torch
+
+    graph = capture_cuda_graph(fn)
     graph.replay()
     seconds = []
     for _ in range(repeats):

@@ -372,15 +372,32 @@ else:
                                        for f in ("bf16", "int8", "int4")))
 
 # %% [markdown]
+# How our int4 kernel turns a code into a number: a float32 whose exponent bits are all zero is a
+# *denormal*, worth its mantissa times 2⁻¹⁴⁹. So masking the 4 bits of a code where they already
+# sit in a 32-bit word leaves a float equal to the code times a known power of two: one AND, no
+# shift and no integer-to-float conversion. The activations are pre-scaled by that power of two,
+# and the codes are stored in an order (`rtn.kernel_order`) where the code at each bit position
+# meets a contiguous slice of them.
+
+# %%
+word = rtn.pack_int4(torch.tensor([[3, 12, 7, 1, 9, 15, 0, 6]], dtype=torch.uint8)).view(torch.int32)
+for position in (0, 4, 8, 12, 16):  # the codes at bits 0..19 sit inside the 23-bit mantissa
+    denormal = (word & (0xF << position)).view(torch.float32)
+    print(f"bits {position:2d}..{position + 3:2d}: denormal {float(denormal):.3e} × 2^{149 - position} = "
+          f"{float(denormal.double() * 2.0 ** (149 - position)):.0f}")
+
+# %% [markdown]
 # What the table teaches: a 4-bit format makes decoding faster only through a kernel that reads
 # the packed weights and does the arithmetic well, and only while the step is bound by weight
 # bytes. Our int8 kernel reads its bytes about as fast as cuBLAS reads bf16, so it takes about
-# half the time per layer; our int4 kernels read theirs several times slower (the lines above):
-# unpacking two codes per byte and applying a scale and zero per group costs more instructions
-# per byte than the GPU issues at full bandwidth, so int4 saves little at batch 1. At batch 32 a
-# step does 32× the arithmetic on the same bytes and the recorded rows show 4-bit slower than
-# bf16. gpt-fast reports 1.48× (int8) and 1.88× (int4) on an A100 with other kernels: treat
-# every "×" in a table as a property of a kernel on a machine, not of a format.
+# half the time per layer. Our int4 kernel reads a quarter of bf16's bytes, but at a lower rate
+# (the lines above): every code still costs an AND and a multiply-add, issued beside the loads,
+# and the small layers are too short to keep the memory system busy. Whole steps gain less than
+# the layers do, because attention, norms and the gaps between kernels take the same time in
+# every format. At batch 32 a step does 32× the arithmetic on the same bytes and the recorded
+# rows show 4-bit slower than bf16. gpt-fast reports 1.48× (int8) and 1.88× (int4) on an A100
+# with other kernels: treat every "×" in a table as a property of a kernel on a machine, not of
+# a format.
 
 # %% [markdown]
 # ## 10. Exercises

@@ -45,17 +45,17 @@ def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
             "down": (h, c.intermediate_size), "lm_head": (c.vocab_size, h)}
 
 GEMV = {"int8": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (64, 256), (64, 512)],
-        "int4": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (32, 1024), (64, 256), (64, 512)]}
+        "int4": [(bn, bk) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048)]}
 DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 512)]
 
 
 def tiles(fmt: str, rows: int) -> list[Tile]:
-    """Candidate tiles of one format for one row (gemv and dot) or for 32 rows (dot)."""
-    # gemv2/dot2: int4 low and high nibbles against the even and odd columns (no interleave)
-    kinds, gemvs = (("dot", "dot2"), ("gemv", "gemv2")) if fmt == "int4" else (("dot",), ("gemv",))
+    """Candidate tiles of one format for one row (gemv, and int8's dot) or for 32 rows (dot)."""
     if rows == 1:
-        out = [Tile(g, 1, bn, bk, w, s) for g, (bn, bk), w, s in itertools.product(gemvs, GEMV[fmt], (4, 8), (2, 3, 4))]
-        out += [Tile(k, 16, bn, bk, 4, s) for k, (bn, bk), s in itertools.product(kinds, DOT, (3, 4))]
+        stages = (1, 3) if fmt == "int4" else (2, 3, 4)
+        out = [Tile("gemv", 1, bn, bk, w, s) for (bn, bk), w, s in itertools.product(GEMV[fmt], (4, 8), stages)]
+        if fmt == "int8":
+            out += [Tile("dot", 16, bn, bk, 4, s) for (bn, bk), s in itertools.product(DOT, (3, 4))]
     else:
         out = [Tile("dot", 32, bn, bk, w, s) for (bn, bk), w, s in itertools.product(DOT, (4, 8), (3, 4))]
     return sorted(set(out))
@@ -66,14 +66,16 @@ def buffers(fmt: str, N: int, K: int, device="cuda") -> tuple:
     if fmt == "int8":
         q = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device)
         return q, (torch.rand(N, device=device) * 0.01 + 1e-3).half(), None
-    q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=device)
+    q = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=device)  # codes in kernel order
     s = (torch.rand(N, K // GROUP, device=device) * 0.01 + 1e-3).half()
     return q, s, torch.randint(0, 16, (N, K // GROUP), dtype=torch.uint8, device=device)
 
 
 def reference(fmt: str, x: torch.Tensor, q, s, z) -> torch.Tensor:
-    w = rtn.dequantize_int8_absmax(q, s) if fmt == "int8" else rtn.dequantize_int4(q, s, z)
-    return x.float() @ w.T
+    if fmt == "int8":
+        return x.float() @ rtn.dequantize_int8_absmax(q, s).T
+    codes = rtn.natural_order(rtn.unpack_int4(q), GROUP)
+    return x.float() @ rtn.dequantize_grouped(codes, s, z).T
 
 
 # ------------------------------------------------------------------ compile in parallel

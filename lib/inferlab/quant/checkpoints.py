@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from inferlab.quant import rtn
 from inferlab.quant.linear import Int4Linear, QuantLinear, swap_modules
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -51,7 +50,7 @@ def unpack_cols(packed: torch.Tensor, order=tuple(range(8))) -> torch.Tensor:
 
 # ------------------------------------------------------------------ layer <-> tensors
 def gptq_tensors(m: Int4Linear) -> dict[str, torch.Tensor]:
-    codes = rtn.unpack_int4(m.qweight.cpu())
+    codes = m.codes().cpu()
     g_idx = m.g_idx.cpu() if m.g_idx is not None else torch.arange(m.in_features, dtype=torch.int32) // m.group_size
     return {"qweight": pack_rows(codes.T.contiguous()), "qzeros": pack_cols((m.zeros.cpu().T.to(torch.int16) - 1) & 0xF),
             "scales": m.scales.cpu().T.contiguous().half(), "g_idx": g_idx.to(torch.int32)}
@@ -60,7 +59,7 @@ def gptq_tensors(m: Int4Linear) -> dict[str, torch.Tensor]:
 def awq_tensors(m: Int4Linear) -> dict[str, torch.Tensor]:
     if m.g_idx is not None:
         raise ValueError("AWQ checkpoints have no g_idx: a layer quantized with act_order cannot be saved as AWQ")
-    codes = rtn.unpack_int4(m.qweight.cpu())
+    codes = m.codes().cpu()
     return {"qweight": pack_cols(codes.T.contiguous(), AWQ_ORDER),
             "qzeros": pack_cols(m.zeros.cpu().T.contiguous(), AWQ_ORDER), "scales": m.scales.cpu().T.contiguous().half()}
 
@@ -72,13 +71,13 @@ def layer_from_gptq(t: dict[str, torch.Tensor], bias=None) -> Int4Linear:
     in_f, groups = codes.shape[1], scales.shape[1]
     g_idx = t["g_idx"].to(torch.int32)
     plain = torch.equal(g_idx, torch.arange(in_f, dtype=torch.int32) // (in_f // groups))
-    return Int4Linear(rtn.pack_int4(codes), scales, zeros[:, :groups], None if plain else g_idx, bias)
+    return Int4Linear.from_codes(codes, scales, zeros[:, :groups], None if plain else g_idx, bias)
 
 
 def layer_from_awq(t: dict[str, torch.Tensor], bias=None) -> Int4Linear:
     codes = unpack_cols(t["qweight"], AWQ_ORDER).T.contiguous()
     zeros = unpack_cols(t["qzeros"], AWQ_ORDER).T.contiguous()
-    return Int4Linear(rtn.pack_int4(codes), t["scales"].T.contiguous(), zeros, None, bias)
+    return Int4Linear.from_codes(codes, t["scales"].T.contiguous(), zeros, None, bias)
 
 
 # ------------------------------------------------------------------ save / load

@@ -8,14 +8,14 @@ multiply, so the bytes moved shrink 2× (int8) or ~3.8× (int4, group 128) again
 Kernels, chosen per call from a table:
 
 - ``gemv`` (one activation row, batch-1 decode): no tensor cores; each program owns ``BN``
-  output rows, walks K in ``BK`` steps and accumulates a tile of products in fp32, reduced
-  once at the end. Codes become floats by writing them into the mantissa of 2**23
-  (:func:`_magic_f32`), not through the slower integer-to-float conversion.
-  ``gemv2`` (int4): low and high nibbles against the even and odd columns, no interleave.
-- ``dot`` (2–64 rows, and large layers at one row): the tile goes through ``tl.dot`` (tensor
-  cores), rows padded to 16; int4 groups are factored, ``s·(Σ x(B + c) − (B + z)·Σ x)``, with
-  ``B + c`` made exactly in bf16/fp16 by the same mantissa trick. ``dot2``: two dots over
-  even/odd columns instead of interleaving the nibbles.
+  output rows and walks K in ``BK`` steps, products kept in fp32.
+  int8: codes become floats by writing them into the mantissa of 2**23 (:func:`_magic_f32`).
+  int4 (:func:`gemv_int4`): the codes, stored in :func:`~inferlab.quant.rtn.kernel_order`, are
+  read as 32-bit words; masking a code where it sits makes an exact fp32 denormal
+  (:func:`_code`), so each code costs one AND and one fused multiply-add.
+- ``dot`` (2–64 rows, and int8's large layers at one row): the tile goes through ``tl.dot``
+  (tensor cores), rows padded to 16. int4 (:func:`dot_int4`) factors each group,
+  ``s·(Σ x(B + c) − (B + z)·Σ x)``, with ``B + c`` made exactly in bf16/fp16.
 
 Tiles cover N and K with no split of K across programs: no atomics and no extra kernels to
 zero or cast. The tile per layer shape comes from a sweep on the GPU
@@ -23,12 +23,10 @@ zero or cast. The tile per layer shape comes from a sweep on the GPU
 sweep's best tile on average, or :data:`DEFAULT`.
 
 Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, one row, CUDA
-graphs over more weights than L2 holds): int8 reads 2.1–4.2 TB/s and beats cuBLAS bf16 by
-1.48–1.95× per layer; every int4 variant stays at 0.8–1.4 TB/s (1.05–1.3× bf16), so its time is
-set by the instructions per code, not by memory; at 32 rows int4 is slower than bf16. What is
-known to close that gap: unpacking eight nibbles per 32-bit register with one ``lop3`` each
-(inline PTX) over weights pre-shuffled for the tensor-core fragment layout (Frantar et al.
-2024, Marlin), or PyTorch's tinygemm int4 kernel.
+graphs over more weights than L2 holds): int8 reads 2.1–4.2 TB/s, 1.45–1.97× cuBLAS bf16 per
+layer; int4 reads 1.0–2.6 TB/s, 1.47–2.43× bf16 (the earlier byte-wise int4 kernels read
+0.8–1.4 TB/s). At 32 rows int4 is slower than bf16. What is known to go further: tensor-core
+unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ _STATE: dict = {"ok": None}
 
 
 class Tile(NamedTuple):
-    """One launch shape: kernel (``gemv``, ``gemv2``, ``dot``, ``dot2``), row/column/K tiles, warps, stages."""
+    """One launch shape: kernel (``gemv`` for one row, ``dot`` for more), row/column/K tiles, warps, stages."""
 
     kernel: str
     bm: int
@@ -64,7 +62,7 @@ class Tile(NamedTuple):
 
 
 DEFAULT = {  # (format, rows > 1): a tile that works everywhere, used until a sweep says better
-    ("int8", False): Tile("gemv", 1, 32, 512, 8, 3), ("int4", False): Tile("gemv", 1, 32, 512, 8, 3),
+    ("int8", False): Tile("gemv", 1, 32, 512, 8, 3), ("int4", False): Tile("gemv", 1, 16, 1024, 4, 3),
     ("int8", True): Tile("dot", 32, 64, 128, 4, 3), ("int4", True): Tile("dot", 32, 64, 128, 4, 3),
 }
 
@@ -90,110 +88,125 @@ if triton is not None:
         return (u.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _gemv_weights(w_ptr, s_ptr, z_ptr, rn, n_ok, k0, swn, ssn, szn, INT4: tl.constexpr, BN: tl.constexpr,
-                      BK: tl.constexpr, G: tl.constexpr):
-        """Weights ``[BN, BK]`` from column ``k0`` as fp32 (int8: the codes; int4: ``(c − z)·s``)."""
-        row = rn[:, None].to(tl.int64)
-        if INT4:
-            NG: tl.constexpr = BK // G
-            rg, rj = tl.arange(0, NG), tl.arange(0, G // 2)
-            b = tl.load(w_ptr + row[:, :, None] * swn + (k0 // 2 + rg[None, :, None] * (G // 2) + rj[None, None, :]),
-                        mask=n_ok[:, None, None], other=0)
-            c = _magic_f32(tl.interleave(b & 0xF, b >> 4))
-            s = tl.load(s_ptr + row * ssn + (k0 // G + rg[None, :]), mask=n_ok[:, None], other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + row * szn + (k0 // G + rg[None, :]), mask=n_ok[:, None], other=0)
-            w = (c - _magic_f32(z)[:, :, None]) * s[:, :, None]
-            return tl.reshape(w, (BN, BK))
-        w = tl.load(w_ptr + row * swn + (k0 + tl.arange(0, BK))[None, :], mask=n_ok[:, None], other=0)
-        return _magic_f32(w.to(tl.uint8, bitcast=True) ^ 0x80) - 8388736.0  # 2**23 + 128 + c, minus 2**23 + 128
-
-    @triton.jit
-    def _gemv_int4_pairs(w_ptr, s_ptr, z_ptr, x_ptr, rn, n_ok, k0, swn, ssn, szn, BK: tl.constexpr, G: tl.constexpr):
-        """``Σ`` over columns ``k0..k0+BK`` of ``x·(c − z)·s`` as a ``[BN, NG, G/2]`` tile of products.
-
-        Low nibbles meet the even columns of ``x`` and high nibbles the odd ones: the codes stay in
-        the layout they were loaded in (interleaving them would move every weight through shared
-        memory).
-        """
-        NG: tl.constexpr = BK // G
-        rg, rj = tl.arange(0, NG), tl.arange(0, G // 2)
-        row = rn[:, None].to(tl.int64)
-        b = tl.load(w_ptr + row[:, :, None] * swn + (k0 // 2 + rg[None, :, None] * (G // 2) + rj[None, None, :]),
-                    mask=n_ok[:, None, None], other=0)
-        s = tl.load(s_ptr + row * ssn + (k0 // G + rg[None, :]), mask=n_ok[:, None], other=0.0).to(tl.float32)[:, :, None]
-        z = _magic_f32(tl.load(z_ptr + row * szn + (k0 // G + rg[None, :]), mask=n_ok[:, None], other=0))[:, :, None]
-        cols = k0 + rg[:, None] * G + 2 * rj[None, :]
-        xe = tl.load(x_ptr + cols).to(tl.float32)[None, :, :]
-        xo = tl.load(x_ptr + cols + 1).to(tl.float32)[None, :, :]
-        return (_magic_f32(b & 0xF) - z) * s * xe + (_magic_f32(b >> 4) - z) * s * xo
-
-    @triton.jit
-    def gemv(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, swn, ssn, szn, INT4: tl.constexpr, G: tl.constexpr,
-             BN: tl.constexpr, BK: tl.constexpr, PAIRS: tl.constexpr):
+    def gemv(x_ptr, w_ptr, s_ptr, y_ptr, N, K, swn, BN: tl.constexpr, BK: tl.constexpr):
+        """int8, one row: ``BN`` outputs per program, K walked in ``BK`` steps, products kept in fp32."""
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         n_ok = rn < N
-        if INT4 and PAIRS:
-            acc3 = tl.zeros((BN, BK // G, G // 2), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                acc3 += _gemv_int4_pairs(w_ptr, s_ptr, z_ptr, x_ptr, rn, n_ok, k0, swn, ssn, szn, BK, G)
-            y = tl.sum(tl.sum(acc3, axis=2), axis=1)
-        else:
-            acc = tl.zeros((BN, BK), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                x = tl.load(x_ptr + k0 + tl.arange(0, BK)).to(tl.float32)
-                acc += _gemv_weights(w_ptr, s_ptr, z_ptr, rn, n_ok, k0, swn, ssn, szn, INT4, BN, BK, G) * x[None, :]
-            y = tl.sum(acc, axis=1)
-        if not INT4:
-            y = y * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+        acc = tl.zeros((BN, BK), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            x = tl.load(x_ptr + k0 + tl.arange(0, BK)).to(tl.float32)
+            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (k0 + tl.arange(0, BK))[None, :],
+                        mask=n_ok[:, None], other=0)
+            acc += (_magic_f32(w.to(tl.uint8, bitcast=True) ^ 0x80) - 8388736.0) * x[None, :]  # 2**23+128+c
+        y = tl.sum(acc, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
     @triton.jit
-    def _int4_group(acc, x_ptr, w_ptr, s_ptr, z_ptr, rm, m_ok, rn, n_ok, kg, sxm, swn, ssn, szn,
-                    G: tl.constexpr, SPLIT_NIB: tl.constexpr, MAGIC: tl.constexpr, BIAS: tl.constexpr):
-        """``acc`` plus the group of ``G`` columns from ``kg``, factored: ``s·(Σ x(B + c) − (B + z)·Σ x)``.
-
-        ``B + c`` is made exactly in the activation dtype by writing the code into the mantissa of
-        ``B`` (bf16: 128, fp16: 1024), so the codes reach the tensor cores with no conversion.
-        """
-        rj = tl.arange(0, G // 2)
-        b = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (kg // 2 + rj)[None, :], mask=n_ok[:, None], other=0)
-        xt = x_ptr.dtype.element_ty
-        lo = ((b & 0xF).to(tl.uint16) | MAGIC).to(xt, bitcast=True)
-        hi = ((b >> 4).to(tl.uint16) | MAGIC).to(xt, bitcast=True)
-        xrow = x_ptr + rm[:, None] * sxm
-        if SPLIT_NIB:  # even columns meet the low nibbles, odd the high: two dots, no interleave
-            xe = tl.load(xrow + (kg + 2 * rj)[None, :], mask=m_ok[:, None], other=0.0)
-            xo = tl.load(xrow + (kg + 2 * rj + 1)[None, :], mask=m_ok[:, None], other=0.0)
-            d = tl.dot(xo, tl.trans(hi), acc=tl.dot(xe, tl.trans(lo)))
-            xs = tl.sum(xe.to(tl.float32), axis=1) + tl.sum(xo.to(tl.float32), axis=1)
-        else:
-            x = tl.load(xrow + (kg + tl.arange(0, G))[None, :], mask=m_ok[:, None], other=0.0)
-            d = tl.dot(x, tl.trans(tl.interleave(lo, hi)))
-            xs = tl.sum(x.to(tl.float32), axis=1)
-        s = tl.load(s_ptr + rn.to(tl.int64) * ssn + kg // G, mask=n_ok, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + rn.to(tl.int64) * szn + kg // G, mask=n_ok, other=0).to(tl.float32)
-        return acc + (d - xs[:, None] * (z + BIAS)[None, :]) * s[None, :]
-
-    @triton.jit
-    def dot(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, sxm, swn, ssn, szn, sym,
-            INT4: tl.constexpr, G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-            SPLIT_NIB: tl.constexpr, MAGIC: tl.constexpr, BIAS: tl.constexpr):
+    def dot(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, sxm, swn, sym,
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """int8, 2–64 rows (or large layers at one): the int8 tile converted and fed to ``tl.dot``."""
         rm = tl.program_id(1) * BM + tl.arange(0, BM)
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         m_ok, n_ok = rm < M, rn < N
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in range(0, K, BK):
-            if INT4:
-                for gi in tl.static_range(BK // G):
-                    acc = _int4_group(acc, x_ptr, w_ptr, s_ptr, z_ptr, rm, m_ok, rn, n_ok, k0 + gi * G, sxm, swn,
-                                      ssn, szn, G, SPLIT_NIB, MAGIC, BIAS)
-            else:
-                x = tl.load(x_ptr + rm[:, None] * sxm + (k0 + tl.arange(0, BK))[None, :], mask=m_ok[:, None], other=0.0)
-                w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (k0 + tl.arange(0, BK))[None, :],
-                            mask=n_ok[:, None], other=0)
-                acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc=acc)
-        if not INT4:
-            acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+            x = tl.load(x_ptr + rm[:, None] * sxm + (k0 + tl.arange(0, BK))[None, :], mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (k0 + tl.arange(0, BK))[None, :],
+                        mask=n_ok[:, None], other=0)
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc=acc)
+        acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * sym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _code(v, P: tl.constexpr):
+        """The code at bits ``P..P+3`` of ``v`` as the fp32 denormal ``c·2**(P − 149)``: one AND, exact.
+
+        A float whose exponent bits are zero is its mantissa times 2**-149, so masking a nibble in
+        place *is* the conversion; GPUs multiply denormals at full speed unless told to flush them.
+        """
+        return (v & (0xF << P)).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _slice(x_ptr, cols, i: tl.constexpr, WG: tl.constexpr, P: tl.constexpr):
+        """Activation slice ``i`` of each word's group, times ``2**(100 − P)``: each product is ``c·x·2**-49``."""
+        return tl.load(x_ptr + cols + i * WG).to(tl.float32)[None, :] * (2.0 ** (100 - P))
+
+    @triton.jit
+    def gemv_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, swn, ssn, szn,
+                  G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """int4, one row, codes in :func:`~inferlab.quant.rtn.kernel_order` read as 32-bit words.
+
+        Word ``j`` of a group holds code ``i`` of column ``i·G/8 + j`` in bits ``4i..4i+3``: five
+        codes are taken in place (:func:`_code`), three after one shift, each multiplied by a
+        contiguous slice of ``x`` pre-scaled for its bit position. Four words' sums (one group)
+        are scaled per group; ``Σ s·z·Σx`` is subtracted once at the end.
+        """
+        WG: tl.constexpr = G // 8  # words per group
+        W: tl.constexpr = BK // 8  # words per step
+        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        n_ok = rn < N
+        row = rn[:, None].to(tl.int64)
+        rw = tl.arange(0, W)
+        rq = tl.arange(0, W // 4)
+        acc = tl.zeros((BN, W // 4), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            w = tl.load(w_ptr + row * swn + (k0 // 8 + rw)[None, :], mask=n_ok[:, None], other=0)
+            hi = w >> 16
+            cols = k0 + (rw // WG) * G + rw % WG
+            a = _code(w, 0) * _slice(x_ptr, cols, 0, WG, 0)
+            a += _code(w, 4) * _slice(x_ptr, cols, 1, WG, 4)
+            a += _code(w, 8) * _slice(x_ptr, cols, 2, WG, 8)
+            a += _code(w, 12) * _slice(x_ptr, cols, 3, WG, 12)
+            a += _code(w, 16) * _slice(x_ptr, cols, 4, WG, 16)
+            a += _code(hi, 4) * _slice(x_ptr, cols, 5, WG, 4)
+            a += _code(hi, 8) * _slice(x_ptr, cols, 6, WG, 8)
+            a += _code(hi, 12) * _slice(x_ptr, cols, 7, WG, 12)
+            s = tl.load(s_ptr + row * ssn + (k0 // G + (4 * rq) // WG)[None, :], mask=n_ok[:, None], other=0.0)
+            acc += tl.sum(tl.reshape(a, (BN, W // 4, 4)), axis=2) * s.to(tl.float32)
+        y = tl.sum(acc, axis=1) * (2.0 ** 49)
+        NG: tl.constexpr = BK // G
+        rg, rc = tl.arange(0, NG), tl.arange(0, G)
+        zsx = tl.zeros((BN, NG), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
+            s = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + row * szn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
+            zsx += s * z * xsum[None, :]
+        y -= tl.sum(zsx, axis=1)
+        tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+    @triton.jit
+    def dot_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, sxm, swn, ssn, szn, sym,
+                 G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 MAGIC: tl.constexpr, BIAS: tl.constexpr):
+        """int4, 2–64 rows: per group, eight ``tl.dot`` of a code slice against a contiguous ``x`` slice.
+
+        Groups are factored, ``s·(Σ x(B + c) − (B + z)·Σ x)``, with ``B + c`` made exactly in the
+        activation dtype by writing the code into the mantissa of ``B`` (bf16: 128, fp16: 1024).
+        Needs ``G/8 ≥ 16`` (``tl.dot``'s smallest K).
+        """
+        WG: tl.constexpr = G // 8
+        rm = tl.program_id(1) * BM + tl.arange(0, BM)
+        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        m_ok, n_ok = rm < M, rn < N
+        rj = tl.arange(0, WG)
+        xt = x_ptr.dtype.element_ty
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            for gi in tl.static_range(BK // G):
+                kg = k0 + gi * G
+                w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (kg // 8 + rj)[None, :], mask=n_ok[:, None], other=0)
+                d = tl.zeros((BM, BN), dtype=tl.float32)
+                xs = tl.zeros((BM,), dtype=tl.float32)
+                for i in tl.static_range(8):
+                    c = (((w >> (4 * i)) & 0xF) | MAGIC).to(tl.int16).to(xt, bitcast=True)
+                    x = tl.load(x_ptr + rm[:, None] * sxm + (kg + i * WG + rj)[None, :], mask=m_ok[:, None], other=0.0)
+                    d = tl.dot(x, tl.trans(c), acc=d)
+                    xs += tl.sum(x.to(tl.float32), axis=1)
+                s = tl.load(s_ptr + rn.to(tl.int64) * ssn + kg // G, mask=n_ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + rn.to(tl.int64) * szn + kg // G, mask=n_ok, other=0).to(tl.float32)
+                acc += (d - xs[:, None] * (z + BIAS)[None, :]) * s[None, :]
         tl.store(y_ptr + rm[:, None] * sym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
 
@@ -201,7 +214,7 @@ if triton is not None:
 def _kernels():
     if triton is None:
         raise RuntimeError("the quantized kernels need Triton: pip install triton (it comes with CUDA builds of torch)")
-    return {"gemv": gemv, "dot": dot}
+    return {"gemv": gemv, "dot": dot, "gemv_int4": gemv_int4, "dot_int4": dot_int4}
 
 
 # ------------------------------------------------------------------ choosing a tile
@@ -210,7 +223,7 @@ def _tuned_table() -> dict:
     if "table" not in _STATE:
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
         rows = json.loads(TUNED.read_text()).get(name, {}) if TUNED.is_file() else {}
-        _STATE["table"] = {key: Tile(*tile) for key, tile in rows.items()}
+        _STATE["table"] = {key: Tile(*tile) for key, tile in rows.items() if tile[0] in ("gemv", "dot")}
     return _STATE["table"]
 
 
@@ -227,32 +240,40 @@ def choose_tile(fmt: str, M: int, N: int, K: int) -> Tile:
 
 
 def fits(tile: Tile, K: int, group: int) -> bool:
-    """True when the tile's K step divides K (and, for int4, is a whole number of groups)."""
-    return K % tile.bk == 0 and tile.bk % group == 0
+    """True when the tile's K step divides K and is a whole number of int4 groups (``group`` 1 for int8);
+    the int4 ``dot`` needs groups of at least 128 (``tl.dot`` takes slices of 16 or more)."""
+    return K % tile.bk == 0 and tile.bk % group == 0 and (tile.kernel == "gemv" or group == 1 or group >= 128)
 
 
 # ------------------------------------------------------------------ launching
 def launch(x2: torch.Tensor, w, s, z, N: int, K: int, group: int, tile: Tile) -> torch.Tensor:
     """``y [M, N]`` from activations ``x2 [M, K]`` and one layer's buffers, with ``tile``.
 
-    int8: ``s`` the per-row scales ``[N]``, ``z`` None. int4: ``s`` and ``z`` as the layer stores
-    them, ``[N, groups]``.
+    int8: ``w`` the codes ``[N, K]``, ``s`` the per-row scales ``[N]``, ``z`` None. int4: ``w``
+    the packed codes in kernel order (``uint8 [N, K/2]``), ``s`` and ``z`` ``[N, groups]``.
     """
     int4, M = z is not None, x2.shape[0]
-    szn = z.stride(0) if int4 else 0
     y = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
-    opts = dict(INT4=int4, G=group, BN=tile.bn, BK=tile.bk, num_warps=tile.warps, num_stages=tile.stages)
-    if tile.kernel.startswith("gemv"):
+    opts = dict(BN=tile.bn, BK=tile.bk, num_warps=tile.warps, num_stages=tile.stages)
+    k = _kernels()
+    if tile.kernel == "gemv":
         if M != 1:
             raise ValueError(f"the gemv kernel takes one row, got {M}")
-        _kernels()["gemv"][(-(-N // tile.bn),)](x2, w, s, z, y, N, K, w.stride(0), s.stride(0), szn,
-                                                 PAIRS=tile.kernel == "gemv2", **opts)
-    else:
-        grid = (-(-N // tile.bn), -(-M // tile.bm))
+        if int4:
+            words = w.view(torch.int32)
+            k["gemv_int4"][(-(-N // tile.bn),)](x2, words, s, z, y, N, K, words.stride(0), s.stride(0), z.stride(0),
+                                                G=group, **opts)
+        else:
+            k["gemv"][(-(-N // tile.bn),)](x2, w, s, y, N, K, w.stride(0), **opts)
+        return y
+    grid = (-(-N // tile.bn), -(-M // tile.bm))
+    if int4:
+        words = w.view(torch.int32)
         magic, bias = (0x6400, 1024.0) if x2.dtype == torch.float16 else (0x4300, 128.0)
-        _kernels()["dot"][grid](x2, w, s, z, y, M, N, K, x2.stride(0), w.stride(0), s.stride(0), szn,
-                                y.stride(0), BM=tile.bm, SPLIT_NIB=tile.kernel == "dot2", MAGIC=magic, BIAS=bias,
-                                **opts)
+        k["dot_int4"][grid](x2, words, s, z, y, M, N, K, x2.stride(0), words.stride(0), s.stride(0), z.stride(0),
+                            y.stride(0), G=group, BM=tile.bm, MAGIC=magic, BIAS=bias, **opts)
+    else:
+        k["dot"][grid](x2, w, s, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=tile.bm, **opts)
     return y
 
 

@@ -86,7 +86,10 @@ class Int8Linear(QuantLinear):
 class Int4Linear(QuantLinear):
     """4-bit codes packed two per byte, one fp16 scale and one zero point (a byte) per group.
 
-    ``g_idx`` (GPTQ's act-order) gives each input column's group; None means ``k // group_size``.
+    ``qweight`` holds the codes in the decode kernel's order within each group
+    (:func:`~inferlab.quant.rtn.kernel_order`); :meth:`codes` gives them back in column order.
+    Build one with :meth:`from_codes` or :meth:`from_float`. ``g_idx`` (GPTQ's act-order) gives
+    each input column's group; None means ``k // group_size``.
     """
 
     bits = 4
@@ -101,12 +104,22 @@ class Int4Linear(QuantLinear):
         self.register_buffer("g_idx", None if g_idx is None else g_idx.to(torch.int32))
 
     @classmethod
+    def from_codes(cls, codes, scales, zeros, g_idx=None, bias=None) -> Int4Linear:
+        """From codes ``uint8 [out, in]`` (0..15, column order) and per-group ``scales``/``zeros``."""
+        group = codes.shape[1] // scales.shape[1]
+        return cls(rtn.pack_int4(rtn.kernel_order(codes, group)), scales, zeros, g_idx, bias)
+
+    @classmethod
     def from_float(cls, weight, bias=None, group_size: int = 128) -> Int4Linear:
-        packed, s, z = rtn.quantize_int4(weight, group_size)
-        return cls(packed, s, z, None, bias)
+        codes, s, z = rtn.quantize_grouped(weight, 4, group_size)
+        return cls.from_codes(codes, s, z, None, bias)
+
+    def codes(self) -> torch.Tensor:
+        """The codes ``uint8 [out, in]`` in column order."""
+        return rtn.natural_order(rtn.unpack_int4(self.qweight), self.group_size)
 
     def dequantize(self) -> torch.Tensor:
-        return rtn.dequantize_int4(self.qweight, self.scales, self.zeros, self.g_idx)
+        return rtn.dequantize_grouped(self.codes(), self.scales, self.zeros, self.g_idx)
 
     def fast_forward(self, x):
         from inferlab.quant import kernels

@@ -89,7 +89,7 @@ def _gptq_modules(model, targets, windows, group_size, act_order) -> dict[str, Q
             H = col.H[name] if col.H[name] is not None else torch.zeros(m.in_features, m.in_features)
             r = gptq.gptq_quantize(m.weight, H.to(m.weight.device), 4, group_size, act_order)
             g_idx = r["g_idx"] if act_order else None
-            new[name] = Int4Linear(rtn.pack_int4(r["codes"]), r["scales"], r["zeros"], g_idx, _bias(m))
+            new[name] = Int4Linear.from_codes(r["codes"], r["scales"], r["zeros"], g_idx, _bias(m))
         swap_modules(work, {n: q.to(m.weight.device) for n, q in new.items()})
     return {n: work.get_submodule(n) for n in targets}
 

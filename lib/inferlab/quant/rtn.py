@@ -82,6 +82,24 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).flatten(-2)
 
 
+def kernel_order(codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Columns of ``codes [out, in]`` reordered within each group for the decode kernel.
+
+    Position ``8j + i`` of a group holds column ``i·(group_size/8) + j``: packed two per byte,
+    each 32-bit word then carries code ``i`` of eight slices of the group, so the kernel takes
+    nibble ``i`` of a row of words with one AND and meets a contiguous slice of the
+    activations (:mod:`inferlab.quant.kernels`). :func:`natural_order` undoes it.
+    """
+    out_f, in_f = codes.shape
+    return codes.reshape(out_f, in_f // group_size, 8, group_size // 8).transpose(2, 3).reshape(out_f, in_f)
+
+
+def natural_order(codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Inverse of :func:`kernel_order`."""
+    out_f, in_f = codes.shape
+    return codes.reshape(out_f, in_f // group_size, group_size // 8, 8).transpose(2, 3).reshape(out_f, in_f)
+
+
 def asym_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point mapping each row's ``[min, max]`` (with 0 inside) onto 0..2^bits-1."""
     qmax = 2**bits - 1
