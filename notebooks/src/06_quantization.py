@@ -372,6 +372,22 @@ else:
                                        for f in ("bf16", "int8", "int4")))
 
 # %% [markdown]
+# And one whole 8B decode step, kernel by kernel (`scripts/gpu/step_profile.py`: the graphed
+# step replayed under the PyTorch profiler): the linear layers' kernels, every other kernel
+# (attention, norms, RoPE, residual adds, the activation), and the gaps between kernels.
+
+# %%
+profile = load_result("quant-step-profile", "h200")
+if profile is None:
+    print("no step profile recorded yet (data/results/quant-step-profile-h200.json)")
+else:
+    for variant, rec in profile.items():
+        linear = sum(us for name, _, us in rec["kernels"] if name.startswith(("nvjet", "gemv", "dot"))
+                     or "splitK" in name)
+        print(f"{variant:5s} step {rec['step_us']:6.0f} µs = linear layers {linear:6.0f} µs"
+              f" + other kernels {rec['kernel_us'] - linear:4.0f} µs + gaps {rec['step_us'] - rec['kernel_us']:4.0f} µs")
+
+# %% [markdown]
 # How our int4 kernel turns a code into a number: a float32 whose exponent bits are all zero is a
 # *denormal*, worth its mantissa times 2⁻¹⁴⁹. So masking the 4 bits of a code where they already
 # sit in a 32-bit word leaves a float equal to the code times a known power of two: one AND, no

@@ -3,8 +3,9 @@
     python scripts/gpu/step_profile.py [--shape llama-3-8b] [--variants bf16,int4] [--out FILE]
 
 Builds :class:`inferlab.bench.quant.EngineStep` at batch 1 (random weights, 128 tokens cached),
-captures it as a CUDA graph, replays it under the PyTorch profiler and prints each kernel's time
-per step beside the step's own time: the difference is the gaps between kernels. Used to find
+times it as a CUDA graph, then replays it under the PyTorch profiler and prints each kernel's time
+per step beside the step's own time: the difference is the gaps between kernels. (The step is
+timed first: while the profiler traces, every launch is slower.) Used to find
 how much of a step lies outside the linear layers, the part no weight format shrinks.
 """
 
@@ -54,8 +55,8 @@ def main() -> None:
     for variant in args.variants.split(","):
         model = runner.model if variant == "bf16" else make_variant(runner.model, variant)
         step = EngineStep(runner, 1, CONTEXT, model)
+        step_us = 1e6 * statistics.median(time_cuda_graph(step.step, 30))  # before profiling: CUPTI slows launches
         rows = kernel_table(step.step)
-        step_us = 1e6 * statistics.median(time_cuda_graph(step.step, 20))
         kernel_us = sum(r[2] for r in rows)
         print(f"== {args.shape} {variant}: step {step_us:.0f} µs, kernels {kernel_us:.0f} µs "
               f"({sum(r[1] for r in rows):.0f} launches), gaps {step_us - kernel_us:.0f} µs")

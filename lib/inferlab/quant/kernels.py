@@ -23,10 +23,11 @@ zero or cast. The tile per layer shape comes from a sweep on the GPU
 sweep's best tile on average, or :data:`DEFAULT`.
 
 Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, one row, CUDA
-graphs over more weights than L2 holds): int8 reads 2.1–4.2 TB/s, 1.45–1.97× cuBLAS bf16 per
-layer; int4 reads 1.0–2.6 TB/s, 1.47–2.43× bf16 (the earlier byte-wise int4 kernels read
-0.8–1.4 TB/s). At 32 rows int4 is slower than bf16. What is known to go further: tensor-core
-unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
+graphs over more weights than L2 holds): int8 reads 2.0–4.2 TB/s, 1.43–1.93× cuBLAS bf16 per
+layer; int4 reads 1.1–2.5 TB/s, 1.74–2.33× bf16 (the earlier byte-wise int4 kernels read
+0.8–1.4 TB/s); splitting K helps only the down projection (K = 14336). At 32 rows int4 is
+slower than bf16. What is known to go further: tensor-core unpacking of weights pre-shuffled
+for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ _STATE: dict = {"ok": None}
 
 
 class Tile(NamedTuple):
-    """One launch shape: kernel (``gemv`` for one row, ``dot`` for more), row/column/K tiles, warps, stages."""
+    """One launch shape: kernel (``gemv`` for one row, ``dot`` for more), row/column/K tiles, warps,
+    stages, and for the int4 ``gemv`` the programs that share each row's K (``split``)."""
 
     kernel: str
     bm: int
@@ -59,6 +61,7 @@ class Tile(NamedTuple):
     bk: int
     warps: int
     stages: int
+    split: int = 1
 
 
 DEFAULT = {  # (format, rows > 1): a tile that works everywhere, used until a sweep says better
@@ -133,24 +136,28 @@ if triton is not None:
         return tl.load(x_ptr + cols + i * WG).to(tl.float32)[None, :] * (2.0 ** (100 - P))
 
     @triton.jit
-    def gemv_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, N, K, swn, ssn, szn,
-                  G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    def gemv_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, N, K, swn, ssn, szn,
+                  G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
         """int4, one row, codes in :func:`~inferlab.quant.rtn.kernel_order` read as 32-bit words.
 
         Word ``j`` of a group holds code ``i`` of column ``i·G/8 + j`` in bits ``4i..4i+3``: five
         codes are taken in place (:func:`_code`), three after one shift, each multiplied by a
         contiguous slice of ``x`` pre-scaled for its bit position. Four words' sums (one group)
-        are scaled per group; ``Σ s·z·Σx`` is subtracted once at the end.
+        are scaled per group; ``Σ s·z·Σx`` is subtracted once at the end. With ``SPLIT > 1``,
+        ``SPLIT`` programs share each row block's K steps (more loads in flight on short, wide
+        layers); each stores its partial sums and the last to finish adds them up (a counter per
+        row block, reset by that program, so the next call and CUDA-graph replays start at 0).
         """
         WG: tl.constexpr = G // 8  # words per group
         W: tl.constexpr = BK // 8  # words per step
-        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BN + tl.arange(0, BN)
         n_ok = rn < N
         row = rn[:, None].to(tl.int64)
         rw = tl.arange(0, W)
         rq = tl.arange(0, W // 4)
         acc = tl.zeros((BN, W // 4), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        for k0 in range(pid_k * BK, K, SPLIT * BK):
             w = tl.load(w_ptr + row * swn + (k0 // 8 + rw)[None, :], mask=n_ok[:, None], other=0)
             hi = w >> 16
             cols = k0 + (rw // WG) * G + rw % WG
@@ -168,13 +175,24 @@ if triton is not None:
         NG: tl.constexpr = BK // G
         rg, rc = tl.arange(0, NG), tl.arange(0, G)
         zsx = tl.zeros((BN, NG), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        for k0 in range(pid_k * BK, K, SPLIT * BK):
             xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
             s = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0).to(tl.float32)
             z = tl.load(z_ptr + row * szn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0).to(tl.float32)
             zsx += s * z * xsum[None, :]
         y -= tl.sum(zsx, axis=1)
-        tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+        if SPLIT == 1:
+            tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+        else:
+            tl.store(part_ptr + pid_k * N + rn, y, mask=n_ok)
+            tl.debug_barrier()  # every thread's partial is written before the counter moves
+            if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
+                rs = tl.arange(0, SPLIT)
+                parts = tl.load(part_ptr + rs[:, None] * N + rn[None, :], mask=n_ok[None, :], other=0.0,
+                                cache_modifier=".cg")
+                tl.store(y_ptr + rn, tl.sum(parts, axis=0).to(y_ptr.dtype.element_ty), mask=n_ok)
+                tl.atomic_xchg(count_ptr + pid_n, 0)
+
 
     @triton.jit
     def dot_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, sxm, swn, ssn, szn, sym,
@@ -261,8 +279,9 @@ def launch(x2: torch.Tensor, w, s, z, N: int, K: int, group: int, tile: Tile) ->
             raise ValueError(f"the gemv kernel takes one row, got {M}")
         if int4:
             words = w.view(torch.int32)
-            k["gemv_int4"][(-(-N // tile.bn),)](x2, words, s, z, y, N, K, words.stride(0), s.stride(0), z.stride(0),
-                                                G=group, **opts)
+            part, count = _split_buffers(x2.device, N, tile) if tile.split > 1 else (y, y)
+            k["gemv_int4"][(-(-N // tile.bn), tile.split)](x2, words, s, z, y, part, count, N, K, words.stride(0),
+                                                           s.stride(0), z.stride(0), G=group, SPLIT=tile.split, **opts)
         else:
             k["gemv"][(-(-N // tile.bn),)](x2, w, s, y, N, K, w.stride(0), **opts)
         return y
@@ -275,6 +294,16 @@ def launch(x2: torch.Tensor, w, s, z, N: int, K: int, group: int, tile: Tile) ->
     else:
         k["dot"][grid](x2, w, s, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=tile.bm, **opts)
     return y
+
+
+def _split_buffers(device, N: int, tile: Tile) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partial sums ``[split, N]`` and per-row-block counters (zeros) of a split ``gemv``,
+    made once per device, shape and tile (layers run one at a time, so layers of a shape share them)."""
+    key = ("split", str(device), N, tile.bn, tile.split)
+    if key not in _STATE:
+        _STATE[key] = (torch.empty(tile.split, N, device=device, dtype=torch.float32),
+                       torch.zeros(-(-N // tile.bn), device=device, dtype=torch.int32))
+    return _STATE[key]
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor | None:
