@@ -163,6 +163,27 @@ def test_triton_kernels_on_cuda_match_the_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_split_int4_gemv_in_a_cuda_graph_replays_correctly():
+    """The split gemv's counters return to zero: every replay of a captured call is right."""
+    from inferlab.device import capture_cuda_graph
+    from inferlab.quant import Int4Linear, kernels
+    from inferlab.quant.kernels import Tile
+
+    layer = Int4Linear.from_float(torch.randn(512, 4096, device="cuda"), group_size=128)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    ref = x.float() @ layer.dequantize().T
+    for tile in (Tile("gemv", 1, 16, 1024, 4, 1, 4), Tile("gemv", 1, 8, 512, 4, 1, 8)):
+        out = {}
+        graph = capture_cuda_graph(lambda t=tile, o=out: o.update(y=kernels.launch(
+            x, layer.qweight, layer.scales, layer.zeros, 512, 4096, 128, t)))
+        for _ in range(3):
+            out["y"].zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert (out["y"].float() - ref).abs().max() / ref.abs().max() < 1e-2, tile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_engine_step_graph_replays_the_eager_step():
     from inferlab.bench.quant import time_step
     from inferlab.engine.model_runner import ModelRunner

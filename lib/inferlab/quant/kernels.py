@@ -301,7 +301,8 @@ def _split_buffers(device, N: int, tile: Tile) -> tuple[torch.Tensor, torch.Tens
     made once per device, shape and tile (layers run one at a time, so layers of a shape share them)."""
     key = ("split", str(device), N, tile.bn, tile.split)
     if key not in _STATE:
-        if torch.cuda.is_current_stream_capturing():  # memory of a graph's pool must not outlive it
+        # memory taken from a CUDA graph's pool must not outlive the graph
+        if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("a split int4 gemv met a new layer shape inside CUDA-graph capture: "
                                "run the model once eagerly before capturing (its buffers are made then)")
         _STATE[key] = (torch.empty(tile.split, N, device=device, dtype=torch.float32),
