@@ -32,6 +32,7 @@ from inferlab.device import time_cuda_graph
 from inferlab.engine.config import ModelConfig
 from inferlab.quant import kernels, rtn
 from inferlab.quant.kernels import Tile
+from inferlab.quant.linear import Int4Linear
 
 GROUP = 128
 MODELS = ("llama-3-8b", "llama-3.2-1b")  # configs in data/configs
@@ -74,8 +75,7 @@ def buffers(fmt: str, N: int, K: int, device="cuda") -> tuple:
 def reference(fmt: str, x: torch.Tensor, q, s, z) -> torch.Tensor:
     if fmt == "int8":
         return x.float() @ rtn.dequantize_int8_absmax(q, s).T
-    codes = rtn.natural_order(rtn.unpack_int4(q), GROUP)
-    return x.float() @ rtn.dequantize_grouped(codes, s, z).T
+    return x.float() @ Int4Linear(q, s, z).dequantize().T
 
 
 # ------------------------------------------------------------------ compile in parallel

@@ -193,7 +193,6 @@ if triton is not None:
                 tl.store(y_ptr + rn, tl.sum(parts, axis=0).to(y_ptr.dtype.element_ty), mask=n_ok)
                 tl.atomic_xchg(count_ptr + pid_n, 0)
 
-
     @triton.jit
     def dot_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, sxm, swn, ssn, szn, sym,
                  G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,

@@ -130,16 +130,6 @@ def dequantize_grouped(codes, scales, zeros, g_idx: torch.Tensor | None = None) 
     return (codes.float() - zeros.float()[:, g_idx]) * scales.float()[:, g_idx]
 
 
-def quantize_int4(w: torch.Tensor, group_size: int = 128):
-    """``(packed uint8 [out, in/2], scales [out, G], zeros uint8 [out, G])``: 4.x bits per weight."""
-    codes, scale, zero = quantize_grouped(w, 4, group_size)
-    return pack_int4(codes), scale, zero
-
-
-def dequantize_int4(packed, scales, zeros, g_idx=None) -> torch.Tensor:
-    return dequantize_grouped(unpack_int4(packed), scales, zeros, g_idx)
-
-
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
     """Quantize and dequantize (asymmetric RTN, any bits 2..8), per row or per group: the error study."""
     if not isinstance(bits, int) or not 2 <= bits <= 8:
