@@ -114,9 +114,10 @@ from inferlab.quant.kernels import Tile
 from inferlab.quant.linear import Int4Linear, Int8Linear
 torch.manual_seed(0)
 tiles = [Tile("gemv", 1, 16, 256, 4, 2), Tile("gemv", 1, 8, 128, 4, 2), Tile("gemv", 1, 8, 128, 4, 1, 4),
-         Tile("gemv", 1, 32, 128, 4, 1, 8), Tile("dot", 16, 32, 256, 4, 2), Tile("dot", 16, 16, 128, 4, 2)]
+         Tile("gemv", 1, 32, 128, 4, 1, 8), Tile("dot", 16, 32, 256, 4, 2), Tile("dot", 16, 16, 128, 4, 2),
+         Tile("dot", 16, 32, 128, 4, 2, 4), Tile("dot", 16, 16, 256, 4, 2, 2)]
 worst = 0.0
-for M in (1, 3):
+for M in (1, 3, 20):
     for N, K, g in ((96, 512, 128), (40, 256, 32), (24, 512, 64)):
         w, x = torch.randn(N, K), torch.randn(M, K).half()
         for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, group_size=g)):
@@ -136,8 +137,8 @@ print(worst)
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CUDA machines have it)")
 def test_every_kernel_variant_in_the_interpreter():
-    """gemv and dot, int8 and int4 (every group size), at tiles smaller than K; int4 gemv with K
-    split over 4 and 8 programs (int8 ignores ``split``).
+    """gemv and dot, int8 and int4 (every group size), at tiles smaller than K; int4 gemv and dot
+    with K split over 2, 4 and 8 programs (int8 ignores ``split``).
 
     fp16 activations: the interpreter computes bf16 ``tl.dot`` wrongly (numpy has no bf16); bf16
     runs on the GPU test below and in scripts/gpu/quant_sweep.py."""
@@ -164,17 +165,19 @@ def test_triton_kernels_on_cuda_match_the_reference():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_split_int4_gemv_in_a_cuda_graph_replays_correctly():
-    """The split gemv's counters return to zero: every replay of a captured call is right."""
+    """The split kernels' counters return to zero: every replay of a captured call is right
+    (gemv at one row, dot at 20 and 32 rows, i.e. one and two row blocks)."""
     from inferlab.device import capture_cuda_graph
     from inferlab.quant import Int4Linear, kernels
     from inferlab.quant.kernels import Tile
 
     layer = Int4Linear.from_float(torch.randn(512, 4096, device="cuda"), group_size=128)
-    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    ref = x.float() @ layer.dequantize().T
-    for tile in (Tile("gemv", 1, 16, 1024, 4, 1, 4), Tile("gemv", 1, 8, 512, 4, 1, 8)):
+    for rows, tile in ((1, Tile("gemv", 1, 16, 1024, 4, 1, 4)), (1, Tile("gemv", 1, 8, 512, 4, 1, 8)),
+                       (32, Tile("dot", 32, 64, 128, 4, 3, 4)), (20, Tile("dot", 16, 32, 256, 8, 3, 8))):
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ layer.dequantize().T
         out = {}
-        graph = capture_cuda_graph(lambda t=tile, o=out: o.update(y=kernels.launch(
+        graph = capture_cuda_graph(lambda t=tile, o=out, x=x: o.update(y=kernels.launch(
             x, layer.qweight, layer.scales, layer.zeros, 512, 4096, 128, t)))
         for _ in range(3):
             out["y"].zero_()

@@ -59,6 +59,9 @@ def tiles(fmt: str, rows: int) -> list[Tile]:
         out += [Tile("dot", 16, bn, bk, 4, s) for (bn, bk), s in itertools.product(DOT, (3, 4))]
     else:
         out = [Tile("dot", 32, bn, bk, w, s) for (bn, bk), w, s in itertools.product(DOT, (4, 8), (3, 4))]
+    if rows > 1 and fmt == "int4":  # W xᵀ: weight rows fill the MMA's large side; split K fills the GPU
+        out = [Tile("dot", 32, bn, bk, w, 3, sp) for bn, bk, w, sp in itertools.product((64, 128, 256), (128, 256),
+                                                                                          (4, 8), (1, 2, 4, 8))]
     return sorted(set(out))
 
 

@@ -14,20 +14,21 @@ Kernels, chosen per call from a table:
   read as 32-bit words; masking a code where it sits makes an exact fp32 denormal
   (:func:`_code`), so each code costs one AND and one fused multiply-add.
 - ``dot`` (2–64 rows, and int8's large layers at one row): the tile goes through ``tl.dot``
-  (tensor cores), rows padded to 16. int4 (:func:`dot_int4`) factors each group,
-  ``s·(Σ x(B + c) − (B + z)·Σ x)``, with ``B + c`` made exactly in bf16/fp16.
+  (tensor cores), rows padded to 16. int4 (:func:`dot_int4`) computes ``W xᵀ`` so the weight rows
+  fill the MMA's large side, and factors each group, ``s·(Σ (B + c)x − (B + z)·Σ x)``, with
+  ``B + c`` made exactly in bf16/fp16.
 
-Tiles cover N and K with no split of K across programs: no atomics and no extra kernels to
-zero or cast. The tile per layer shape comes from a sweep on the GPU
-(``scripts/gpu/quant_sweep.py``), stored in ``tuned.json`` per GPU name; other GPUs get the
-sweep's best tile on average, or :data:`DEFAULT`.
+Where a layer has too few tiles to fill the GPU, the int4 kernels can split K over ``split``
+programs per tile; the last to finish adds the partial sums (:func:`_split_sum`), so a call stays
+one launch. The tile per layer shape comes from a sweep on the GPU (``scripts/gpu/quant_sweep.py``),
+stored in ``tuned.json`` per GPU name; other GPUs get the sweep's best tile on average, or
+:data:`DEFAULT`.
 
-Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, one row, CUDA
-graphs over more weights than L2 holds): int8 reads 2.0–4.2 TB/s, 1.43–1.93× cuBLAS bf16 per
-layer; int4 reads 1.1–2.5 TB/s, 1.74–2.33× bf16 (the earlier byte-wise int4 kernels read
-0.8–1.4 TB/s); splitting K helps only the down projection (K = 14336). At 32 rows int4 is
-slower than bf16. What is known to go further: tensor-core unpacking of weights pre-shuffled
-for the fragment layout (Frantar et al. 2024, Marlin).
+Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, CUDA graphs over
+more weights than L2 holds). One row: int8 reads 2.1–4.2 TB/s, 1.45–1.92× cuBLAS bf16 per layer;
+int4 reads 1.0–2.5 TB/s, 1.68–2.32× bf16. 32 rows: int4 0.97–1.41× bf16 (the earlier ``x Wᵀ``
+form, unsplit, made the whole 8B step at batch 32 0.48× bf16). What is known to go further:
+tensor-core unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ _STATE: dict = {"ok": None}
 
 class Tile(NamedTuple):
     """One launch shape: kernel (``gemv`` for one row, ``dot`` for more), row/column/K tiles, warps,
-    stages, and for the int4 ``gemv`` the programs that share each row's K (``split``)."""
+    stages, and for the int4 kernels the programs that share each tile's K (``split``)."""
 
     kernel: str
     bm: int
@@ -66,7 +67,7 @@ class Tile(NamedTuple):
 
 DEFAULT = {  # (format, rows > 1): a tile that works everywhere, used until a sweep says better
     ("int8", False): Tile("gemv", 1, 32, 512, 8, 3), ("int4", False): Tile("gemv", 1, 16, 1024, 4, 3),
-    ("int8", True): Tile("dot", 32, 64, 128, 4, 3), ("int4", True): Tile("dot", 32, 64, 128, 4, 3),
+    ("int8", True): Tile("dot", 32, 64, 128, 4, 3), ("int4", True): Tile("dot", 32, 64, 128, 4, 3, 4),
 }
 
 
@@ -120,6 +121,20 @@ if triton is not None:
         acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + rm[:, None] * sym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
+
+    @triton.jit
+    def _split_sum(val, y_ptrs, ok, part_ptrs, PART, count_ptr, pid_k, SPLIT: tl.constexpr):
+        """Split-K epilogue: store this program's partial ``val`` (slot ``pid_k`` of ``SPLIT``, ``PART``
+        apart) and count in; the last of the ``SPLIT`` programs adds the partials into ``y`` and resets
+        the counter, so the next call and CUDA-graph replays start at 0. One launch, no atomics on data."""
+        tl.store(part_ptrs + pid_k * PART, val, mask=ok)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == SPLIT - 1:
+            total = tl.zeros(val.shape, dtype=tl.float32)
+            for i in tl.static_range(SPLIT):
+                total += tl.load(part_ptrs + i * PART, mask=ok, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, total.to(y_ptrs.dtype.element_ty), mask=ok)
+            tl.atomic_xchg(count_ptr, 0)
 
     @triton.jit
     def _code(v, P: tl.constexpr):
@@ -184,48 +199,52 @@ if triton is not None:
         if SPLIT == 1:
             tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
         else:
-            tl.store(part_ptr + pid_k * N + rn, y, mask=n_ok)
-            tl.debug_barrier()  # every thread's partial is written before the counter moves
-            if tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel") == SPLIT - 1:
-                rs = tl.arange(0, SPLIT)
-                parts = tl.load(part_ptr + rs[:, None] * N + rn[None, :], mask=n_ok[None, :], other=0.0,
-                                cache_modifier=".cg")
-                tl.store(y_ptr + rn, tl.sum(parts, axis=0).to(y_ptr.dtype.element_ty), mask=n_ok)
-                tl.atomic_xchg(count_ptr + pid_n, 0)
+            _split_sum(y, y_ptr + rn, n_ok, part_ptr + rn, N, count_ptr + pid_n, pid_k, SPLIT)
 
     @triton.jit
-    def dot_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K, sxm, swn, ssn, szn, sym,
+    def dot_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, M, N, K, sxm, swn, ssn, szn, sym,
                  G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 MAGIC: tl.constexpr, BIAS: tl.constexpr):
-        """int4, 2–64 rows: per group, eight ``tl.dot`` of a code slice against a contiguous ``x`` slice.
+                 MAGIC: tl.constexpr, BIAS: tl.constexpr, SPLIT: tl.constexpr):
+        """int4, 2–64 rows, as ``yᵀ = W xᵀ``: per group, eight ``tl.dot`` of a code slice against a
+        contiguous ``x`` slice.
 
-        Groups are factored, ``s·(Σ x(B + c) − (B + z)·Σ x)``, with ``B + c`` made exactly in the
-        activation dtype by writing the code into the mantissa of ``B`` (bf16: 128, fp16: 1024).
-        Needs ``G/8 ≥ 16`` (``tl.dot``'s smallest K).
+        The weight tile is the MMA's first operand, so ``BN`` weight rows fill its large side and the
+        few activation rows its small one (the "swap AB" of small-batch GEMMs; 1.5–2.5× faster than
+        ``x Wᵀ`` on an H200 at 32 rows). Groups are factored, ``s·(Σ (B + c)x − (B + z)·Σ x)``, with
+        ``B + c`` made exactly in the activation dtype by writing the code into the mantissa of ``B``
+        (bf16: 128, fp16: 1024). Needs ``G/8 ≥ 16`` (``tl.dot``'s smallest K). With ``SPLIT > 1``,
+        ``SPLIT`` programs share each tile's K steps (:func:`_split_sum`): a few hundred tiles do not
+        fill an H200 otherwise.
         """
         WG: tl.constexpr = G // 8
-        rm = tl.program_id(1) * BM + tl.arange(0, BM)
-        rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
         m_ok, n_ok = rm < M, rn < N
         rj = tl.arange(0, WG)
         xt = x_ptr.dtype.element_ty
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        acc = tl.zeros((BN, BM), dtype=tl.float32)
+        for k0 in range(pid_k * BK, K, SPLIT * BK):
             for gi in tl.static_range(BK // G):
                 kg = k0 + gi * G
                 w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (kg // 8 + rj)[None, :], mask=n_ok[:, None], other=0)
-                d = tl.zeros((BM, BN), dtype=tl.float32)
+                d = tl.zeros((BN, BM), dtype=tl.float32)
                 xs = tl.zeros((BM,), dtype=tl.float32)
                 for i in tl.static_range(8):
                     c = (((w >> (4 * i)) & 0xF) | MAGIC).to(tl.int16).to(xt, bitcast=True)
                     x = tl.load(x_ptr + rm[:, None] * sxm + (kg + i * WG + rj)[None, :], mask=m_ok[:, None], other=0.0)
-                    d = tl.dot(x, tl.trans(c), acc=d)
+                    d = tl.dot(c, tl.trans(x), acc=d)
                     xs += tl.sum(x.to(tl.float32), axis=1)
                 s = tl.load(s_ptr + rn.to(tl.int64) * ssn + kg // G, mask=n_ok, other=0.0).to(tl.float32)
                 z = tl.load(z_ptr + rn.to(tl.int64) * szn + kg // G, mask=n_ok, other=0).to(tl.float32)
-                acc += (d - xs[:, None] * (z + BIAS)[None, :]) * s[None, :]
-        tl.store(y_ptr + rm[:, None] * sym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & n_ok[None, :])
+                acc += (d - (z + BIAS)[:, None] * xs[None, :]) * s[:, None]
+        ok = n_ok[:, None] & m_ok[None, :]
+        y_ptrs = y_ptr + rn[:, None] + rm[None, :] * sym
+        if SPLIT == 1:
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+        else:
+            _split_sum(acc, y_ptrs, ok, part_ptr + rn[:, None] + rm[None, :] * N, tl.num_programs(1) * BM * N,
+                       count_ptr + pid_m * tl.num_programs(0) + pid_n, pid_k, SPLIT)
 
 
 def _kernels():
@@ -284,28 +303,31 @@ def launch(x2: torch.Tensor, w, s, z, N: int, K: int, group: int, tile: Tile) ->
         else:
             k["gemv"][(-(-N // tile.bn),)](x2, w, s, y, N, K, w.stride(0), **opts)
         return y
-    grid = (-(-N // tile.bn), -(-M // tile.bm))
+    grid_n, grid_m = -(-N // tile.bn), -(-M // tile.bm)
     if int4:
         words = w.view(torch.int32)
         magic, bias = (0x6400, 1024.0) if x2.dtype == torch.float16 else (0x4300, 128.0)
-        k["dot_int4"][grid](x2, words, s, z, y, M, N, K, x2.stride(0), words.stride(0), s.stride(0), z.stride(0),
-                            y.stride(0), G=group, BM=tile.bm, MAGIC=magic, BIAS=bias, **opts)
+        part, count = _split_buffers(x2.device, N, tile, grid_m) if tile.split > 1 else (y, y)
+        k["dot_int4"][(grid_n, grid_m, tile.split)](x2, words, s, z, y, part, count, M, N, K, x2.stride(0),
+                                                     words.stride(0), s.stride(0), z.stride(0), y.stride(0), G=group,
+                                                     BM=tile.bm, MAGIC=magic, BIAS=bias, SPLIT=tile.split, **opts)
     else:
-        k["dot"][grid](x2, w, s, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=tile.bm, **opts)
+        k["dot"][(grid_n, grid_m)](x2, w, s, y, M, N, K, x2.stride(0), w.stride(0), y.stride(0), BM=tile.bm, **opts)
     return y
 
 
-def _split_buffers(device, N: int, tile: Tile) -> tuple[torch.Tensor, torch.Tensor]:
-    """The partial sums ``[split, N]`` and per-row-block counters (zeros) of a split ``gemv``,
-    made once per device, shape and tile (layers run one at a time, so layers of a shape share them)."""
-    key = ("split", str(device), N, tile.bn, tile.split)
+def _split_buffers(device, N: int, tile: Tile, row_blocks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partial sums ``[split, row_blocks·bm, N]`` and per-tile counters (zeros) of a split kernel,
+    made once per device, shape, tile and row blocks (layers run one at a time, so layers of a shape
+    share them)."""
+    key = ("split", str(device), N, tile, row_blocks)
     if key not in _STATE:
         # memory taken from a CUDA graph's pool must not outlive the graph
         if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("a split int4 gemv met a new layer shape inside CUDA-graph capture: "
+            raise RuntimeError("a split int4 kernel met a new layer shape inside CUDA-graph capture: "
                                "run the model once eagerly before capturing (its buffers are made then)")
-        _STATE[key] = (torch.empty(tile.split, N, device=device, dtype=torch.float32),
-                       torch.zeros(-(-N // tile.bn), device=device, dtype=torch.int32))
+        _STATE[key] = (torch.empty(tile.split, row_blocks * tile.bm, N, device=device, dtype=torch.float32),
+                       torch.zeros(row_blocks * -(-N // tile.bn), device=device, dtype=torch.int32))
     return _STATE[key]
 
 
