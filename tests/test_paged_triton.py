@@ -102,19 +102,12 @@ def _store_is_exact(k_cache: torch.Tensor, v_cache: torch.Tensor, device, dtype)
 
 
 def check_fused(device, dtype) -> dict:
-    """The fused RMSNorm and rotary kernels against the model's PyTorch versions."""
-    from inferlab.engine.fused_triton import close, rms_norm, rope
-    from inferlab.engine.layers import RotaryEmbedding
+    """The fused kernels (RMSNorm, residual add + RMSNorm, q/k rotary, SiLU-and-multiply) against
+    the model's PyTorch expressions."""
+    from inferlab.engine.fused_triton import check_against_pytorch
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(9, 96, generator=g).to(device, dtype)
-    w = torch.randn(96, generator=g).to(device, dtype)
-    x32 = x.float()
-    want = w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
-    q = torch.randn(9, 12, 64, generator=g).to(device, dtype)[:, 2:10]  # strided heads, as a q/k/v split gives
-    cos, sin = (torch.randn(9, 1, 64, generator=g).to(device, dtype) for _ in range(2))
-    ok = close(rms_norm(x, w, 1e-5), want) and close(rope(q, cos, sin), RotaryEmbedding.apply(q, cos, sin))
-    return {"case": ["fused", str(dtype)], "ok": ok}
+    checks = check_against_pytorch(device, dtype)
+    return {"case": ["fused", str(dtype)], "ok": len(checks) == 4 and all(checks.values()), "checks": checks}
 
 
 # ------------------------------------------------------------------ CUDA
@@ -136,7 +129,7 @@ def test_kernels_match_reference_on_cuda(case, dtype):
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_fused_norm_and_rotary_match_pytorch_on_cuda(dtype):
+def test_fused_elementwise_kernels_match_pytorch_on_cuda(dtype):
     from inferlab.engine.fused_triton import fused_ok
 
     assert check_fused("cuda", dtype)["ok"] and fused_ok("cuda")

@@ -306,9 +306,9 @@ for variant in ("full", "int8", "int4"):
 # %% [markdown]
 # On an H200 (recorded with `python -m inferlab.bench quant` by `scripts/gpu/quant.sh`): random
 # weights in Llama-3-8B and Llama-3.2-1B shapes, one decode step of the engine (its paged KV
-# cache and attention kernel, fused norms and RoPE; 128 tokens already cached) captured as a CUDA
-# graph, our int8 and int4 layers running a Triton dequantize-matmul, and bitsandbytes' NF4 and
-# LLM.int8() swapped into the same model.
+# cache and attention kernel, its fused norm, RoPE and activation kernels; 128 tokens already
+# cached) captured as a CUDA graph, our int8 and int4 layers running a Triton
+# dequantize-matmul, and bitsandbytes' NF4 and LLM.int8() swapped into the same model.
 
 # %%
 h200 = load_result("quant", "h200")

@@ -9,7 +9,7 @@ Two tables, one run:
   Q8_0/Q4_0 read back through transformers: weight bytes as stored, held-out perplexity, and
   ``generate`` tokens/s at batch 1 and 32 (transformers' loop, the path a user runs).
 - **decode** (``--shapes``, random weights in bf16 on CUDA): one decode step of the engine
-  (:class:`EngineStep`: its paged KV cache, attention kernel, fused norms and RoPE), captured
+  (:class:`EngineStep`: its paged KV cache, attention kernel, fused norm/RoPE/activation), captured
   as a CUDA graph, at batch 1 and 32 with 128 tokens in each sequence's cache, with its linear
   layers in bf16, in our int8 and int4 (Triton dequantize-matmul), and in bitsandbytes' 8-bit
   and NF4, so the time is the time to read the weights and not Python's.
@@ -34,7 +34,7 @@ class EngineStep:
     """One decode step of the engine's own forward: ``batch`` sequences at position ``context``.
 
     The engine's paged KV cache, attention backend (the Triton paged-decode kernel on CUDA) and
-    fused norms and RoPE, over ``model`` (the runner's, or a copy with its linears swapped). Every
+    fused norm, RoPE and activation kernels, over ``model`` (the runner's, or a copy with its linears swapped). Every
     input is a fixed tensor (each sequence owns its blocks), so the step can be captured as a
     CUDA graph, as the engine's ``DecodeGraphs`` does.
     """

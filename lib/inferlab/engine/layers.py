@@ -76,11 +76,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """``norm(x)``; given the residual stream, ``(norm(x + residual), x + residual)`` (the add
+        folded into the norm's kernel on a GPU, as vLLM's ``fused_add_rms_norm``)."""
         if x.is_cuda and _fused(x.device):
-            from inferlab.engine.fused_triton import rms_norm
+            from inferlab.engine import fused_triton
 
-            return rms_norm(x, self.weight, self.eps)  # the same arithmetic in one kernel
+            if residual is None:
+                return fused_triton.rms_norm(x, self.weight, self.eps)  # the same arithmetic in one kernel
+            return fused_triton.add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is None:
+            return self._norm(x)
+        x = x + residual
+        return self._norm(x), x
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -146,13 +156,15 @@ class RotaryEmbedding(nn.Module):
         return x * cos + rotate_half(x) * sin
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """:meth:`RotaryEmbedding.apply`, as one fused kernel on a GPU (:mod:`inferlab.engine.fused_triton`)."""
-    if x.is_cuda and _fused(x.device):
-        from inferlab.engine.fused_triton import rope
+def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`RotaryEmbedding.apply` to queries and keys; one fused kernel for both on a GPU
+    (:mod:`inferlab.engine.fused_triton`)."""
+    if q.is_cuda and _fused(q.device):
+        from inferlab.engine.fused_triton import rope_qk
 
-        return rope(x, cos, sin)
-    return RotaryEmbedding.apply(x, cos, sin)
+        return rope_qk(q, k, cos, sin)
+    return RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
 
 
 def _fused(device) -> bool:

@@ -23,7 +23,7 @@ from inferlab.engine.layers import (
     QKVLinear,
     RMSNorm,
     RotaryEmbedding,
-    apply_rotary,
+    apply_rotary_qk,
 )
 
 
@@ -39,8 +39,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
-        q = apply_rotary(q.view(-1, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = apply_rotary_qk(q.view(-1, self.num_heads, self.head_dim),
+                               k.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
         out = self.attn(q, k, v.view(-1, self.num_kv_heads, self.head_dim), meta)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
@@ -59,7 +59,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm attention then pre-norm MLP, each with a residual connection."""
+    """Pre-norm attention then pre-norm MLP, each with a residual connection.
+
+    The residual stream travels beside the hidden states and each add happens inside the next
+    norm (vLLM's layout): ``x + attn(norm(x))`` becomes ``h, residual = norm(attn_out, residual)``,
+    the same sums in the same dtype, one kernel fewer per add on a GPU.
+    """
 
     def __init__(self, c: ModelConfig, attention_backend: str):
         super().__init__()
@@ -68,9 +73,14 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = LlamaMLP(c)
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mlp output, residual stream)``; the first layer gets ``residual=None`` and the embeddings."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin, meta), residual)
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):
@@ -84,9 +94,10 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb.cos_sin(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(x, cos, sin, meta)
-        return x
+            x, residual = layer(x, residual, cos, sin, meta)
+        return x if residual is None else x + residual
 
 
 class LlamaForCausalLM(nn.Module):
