@@ -46,7 +46,7 @@ def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
             "down": (h, c.intermediate_size), "lm_head": (c.vocab_size, h)}
 
 GEMV = {"int8": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (64, 256), (64, 512)],
-        "int4": [(bn, bk) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048)]}
+        "int4": [(bn, bk) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048)] + [(bn, 4096) for bn in (2, 4, 8, 16)]}
 DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 512)]
 
 

@@ -25,9 +25,10 @@ stored in ``tuned.json`` per GPU name; other GPUs get the sweep's best tile on a
 :data:`DEFAULT`.
 
 Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, CUDA graphs over
-more weights than L2 holds). One row: int8 reads 2.1–4.2 TB/s, 1.45–1.92× cuBLAS bf16 per layer;
-int4 reads 1.0–2.5 TB/s, 1.68–2.32× bf16. 32 rows: int4 0.97–1.41× bf16 (the earlier ``x Wᵀ``
-form, unsplit, made the whole 8B step at batch 32 0.48× bf16). What is known to go further:
+more weights than L2 holds). One row: int8 reads 2.1–4.1 TB/s, 1.48–1.98× cuBLAS bf16 per layer;
+int4 reads 1.3–2.8 TB/s, 1.81–2.70× bf16 (a whole row of K per step, 4096, beat shorter steps on
+every layer it divides). 32 rows: int4 0.96–1.46× bf16 (the earlier ``x Wᵀ`` form, unsplit, made
+the whole 8B step at batch 32 0.48× bf16). What is known to go further:
 tensor-core unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
