@@ -9,7 +9,7 @@ CUDA graph. One kernel each reads its rows once and writes them once, with the s
 match the readable versions in :mod:`inferlab.engine.layers` and :mod:`inferlab.engine.activation`
 up to the order of a sum. The residual add is folded into the next RMSNorm and SiLU into the
 multiply by its gate, as vLLM's ``fused_add_rms_norm`` and ``silu_and_mul`` do, and q and k are
-rotated in one launch: three fewer kernels per layer.
+rotated in one launch: four fewer kernels per layer.
 Used on CUDA tensors only; :func:`fused_ok` checks them once against the PyTorch versions.
 """
 
