@@ -164,7 +164,7 @@ def test_triton_kernels_on_cuda_match_the_reference():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_split_int4_gemv_in_a_cuda_graph_replays_correctly():
+def test_split_int4_kernels_in_a_cuda_graph_replay_correctly():
     """The split kernels' counters return to zero: every replay of a captured call is right
     (gemv at one row, dot at 20 and 32 rows, i.e. one and two row blocks)."""
     from inferlab.device import capture_cuda_graph

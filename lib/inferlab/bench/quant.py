@@ -34,9 +34,9 @@ class EngineStep:
     """One decode step of the engine's own forward: ``batch`` sequences at position ``context``.
 
     The engine's paged KV cache, attention backend (the Triton paged-decode kernel on CUDA) and
-    fused norm, RoPE and activation kernels, over ``model`` (the runner's, or a copy with its linears swapped). Every
-    input is a fixed tensor (each sequence owns its blocks), so the step can be captured as a
-    CUDA graph, as the engine's ``DecodeGraphs`` does.
+    fused norm, RoPE and activation kernels, over ``model`` (the runner's, or a copy with its
+    linears swapped). Every input is a fixed tensor (each sequence owns its blocks), so the step
+    can be captured as a CUDA graph, as the engine's ``DecodeGraphs`` does.
     """
 
     def __init__(self, runner, batch: int, context: int = CONTEXT, model=None):

@@ -53,7 +53,6 @@ def run(device: str | None = None, progress: bool = True, checkpoint=None, **ove
     ``overrides`` replace entries of :func:`defaults` (``threads`` sets torch's CPU threads for
     the run only; ``static_generate=True`` adds transformers ``generate`` with a static cache,
     compiled on CUDA). ``checkpoint(payload)`` is called before that slow, optional step."""
-
     from inferlab.device import cpu_threads, pick_device
 
     device = pick_device(device)

@@ -341,9 +341,10 @@ def _rows(x: torch.Tensor) -> torch.Tensor | None:
 
 @functools.cache
 def _tile_for(fmt: str, bucket: int, N: int, K: int, group: int) -> Tile | None:
-    """:func:`choose_tile`, its K step shrunk until it divides K (None if none does); once per shape."""
+    """:func:`choose_tile`, its K step halved until it fits K (None if none down to 32 does); once per shape."""
     tile = choose_tile(fmt, bucket, N, K)
-    return next((t for t in (tile, *(tile._replace(bk=bk) for bk in (256, 128, 64, 32))) if fits(t, K, group)), None)
+    steps = (tile.bk >> i for i in range(tile.bk.bit_length()) if tile.bk >> i >= 32)
+    return next((t for t in (tile._replace(bk=bk) for bk in steps) if fits(t, K, group)), None)
 
 
 def _run(x, layer, fmt: str, group: int) -> torch.Tensor | None:
