@@ -356,7 +356,7 @@ claims = [
 display(Markdown(qviz.myth_table(claims)))
 
 # %% [markdown]
-# Where the time goes, one linear layer at a time: the kernel sweep recorded in the same H200 call
+# Where the time goes, one linear layer at a time: the kernel sweep recorded on the H200
 # (`scripts/gpu/quant_sweep.py`: every tile of our kernels on every 8B layer shape at 1 and 32
 # rows, each timed as a CUDA graph over more weight copies than the 50 MB L2 holds), the fastest
 # of each format beside cuBLAS bf16, with the rate at which each reads its own bytes.
@@ -412,10 +412,11 @@ for position in (0, 4, 8, 12, 16):  # the codes at bits 0..19 sit inside the 23-
 # the packed weights and does the arithmetic well, and only while the step is bound by weight
 # bytes. Our int8 kernel reads its bytes about as fast as cuBLAS reads bf16, so it takes about
 # half the time per layer. Our int4 kernel reads a quarter of bf16's bytes, but at a lower rate
-# (the lines above): every code still costs an AND and a multiply-add, issued beside the loads,
-# and the small layers are too short to keep the memory system busy. Whole steps gain less than
-# the layers do, because attention, norms and the gaps between kernels take the same time in
-# every format. At batch 32 a step does 32× the arithmetic on the same bytes, and the lead
+# (the lines above): every code still costs an AND and a multiply-add, a program can issue them
+# only once its loads arrive, too few programs fit on a multiprocessor (each needs many
+# registers) to keep other loads in flight meanwhile, and the small layers are too short to fill
+# the memory system. Whole steps gain less than the layers do, because attention, norms and the
+# gaps between kernels take the same time in every format. At batch 32 a step does 32× the arithmetic on the same bytes, and the lead
 # shrinks or turns around: bitsandbytes' NF4 falls well below bf16, and our int4 stays near bf16.
 # At 32 rows our int4 kernel reads its bytes far more slowly than at one row (the TB/s in the
 # lines above): the bytes no longer set its time, the unpacking and the arithmetic do. It only
