@@ -53,7 +53,7 @@ DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 5
 def tiles(fmt: str, rows: int) -> list[Tile]:
     """Candidate tiles of one format for one row (gemv, and int8's dot) or for 32 rows (dot)."""
     if rows == 1 and fmt == "int4":  # split: programs sharing each row block's K (stages made no difference)
-        out = [Tile("gemv", 1, bn, bk, w, 1, sp) for (bn, bk), w, sp in itertools.product(GEMV[fmt], (4, 8), (1, 2, 4, 8))]
+        out = [Tile("gemv", 1, bn, bk, w, 1, sp) for (bn, bk), w, sp in itertools.product(GEMV[fmt], (2, 4, 8), (1, 2, 4, 8))]
     elif rows == 1:
         out = [Tile("gemv", 1, bn, bk, w, s) for (bn, bk), w, s in itertools.product(GEMV[fmt], (4, 8), (2, 3, 4))]
         out += [Tile("dot", 16, bn, bk, 4, s) for (bn, bk), s in itertools.product(DOT, (3, 4))]

@@ -25,13 +25,14 @@ stored in ``tuned.json`` per GPU name; other GPUs get the sweep's best tile on a
 :data:`DEFAULT`.
 
 Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, CUDA graphs over
-more weights than L2 holds). One row: int8 reads 2.1–4.1 TB/s, 1.47–1.95× cuBLAS bf16 per layer;
-int4 reads 1.3–2.85 TB/s, 2.08–2.74× bf16. 32 rows: int4 0.97–1.45× bf16 (the earlier ``x Wᵀ``
+more weights than L2 holds). One row: int8 reads 2.1–4.2 TB/s, 1.42–1.92× cuBLAS bf16 per layer;
+int4 reads 1.35–3.2 TB/s, 2.20–2.92× bf16. 32 rows: int4 0.94–1.39× bf16 (the earlier ``x Wᵀ``
 form, unsplit, made the whole 8B step at batch 32 0.48× bf16). The int4 gemv is bound by issuing
-instructions and waiting, not by bandwidth: Nsight Compute on the gate/up layer (the two-pass form
-before the current one) counted 3.6 instructions per code, 57% of issue slots used, 25% occupancy
-(registers) and DRAM at 45% of peak. What is known to go further: tensor-core unpacking of weights
-pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
+instructions and waiting, not by bandwidth: Nsight Compute on the gate/up layer (an earlier,
+two-pass form) counted 3.6 instructions per code, 57% of issue slots used, 25% occupancy
+(registers) and DRAM at 45% of peak. One pass, then one scale per group, took the int4 linear
+layers of the graphed 8B batch-1 step from 1.93 to 1.79 to 1.63 ms. What is known to go further:
+tensor-core unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
@@ -160,14 +161,15 @@ if triton is not None:
 
         Word ``j`` of a group holds code ``i`` of column ``i·G/8 + j`` in bits ``4i..4i+3``: five
         codes are taken in place (:func:`_code`), three after one shift, each multiplied by a
-        contiguous slice of ``x`` pre-scaled for its bit position. Four words' sums (one group)
-        are scaled per group, and each step also takes its groups' ``s·z·Σx``, which is subtracted
-        at the end. All of a step's loads (codes, scales, zero points, ``x``) are issued together,
-        so a program waits on memory once per step: a separate zero-point pass after the main loop
-        waited twice and was 5–25% slower on an H200. With ``SPLIT > 1``, ``SPLIT`` programs share
-        each row block's K steps (more loads in flight on short, wide layers); each stores its
-        partial sums and the last to finish adds them up (a counter per row block, reset by that
-        program, so the next call and CUDA-graph replays start at 0).
+        contiguous slice of ``x`` pre-scaled for its bit position. A group's ``G/8`` word sums are
+        added, then scaled once (scaling every four words cost registers and up to 9% of the time);
+        each step also takes its groups' ``s·z·Σx``, subtracted at the end. All of a step's loads
+        (codes, scales, zero points, ``x``) are issued together, so a program waits on memory once
+        per step: a separate zero-point pass after the main loop waited twice and was 1–12% slower
+        on the 8B layers of an H200. With ``SPLIT > 1``, ``SPLIT`` programs share each row block's
+        K steps (more loads in flight on short, wide layers); each stores its partial sums and the
+        last to finish adds them up (a counter per row block, reset by that program, so the next
+        call and CUDA-graph replays start at 0).
         """
         WG: tl.constexpr = G // 8  # words per group
         W: tl.constexpr = BK // 8  # words per step
@@ -176,14 +178,13 @@ if triton is not None:
         rn = pid_n * BN + tl.arange(0, BN)
         n_ok = rn < N
         row = rn[:, None].to(tl.int64)
-        rw, rq = tl.arange(0, W), tl.arange(0, W // 4)
+        rw = tl.arange(0, W)
         rg, rc = tl.arange(0, NG), tl.arange(0, G)
-        acc = tl.zeros((BN, W // 4), dtype=tl.float32)
+        acc = tl.zeros((BN, NG), dtype=tl.float32)
         zsx = tl.zeros((BN, NG), dtype=tl.float32)
         for k0 in range(pid_k * BK, K, SPLIT * BK):
             w = tl.load(w_ptr + row * swn + (k0 // 8 + rw)[None, :], mask=n_ok[:, None], other=0)
-            s = tl.load(s_ptr + row * ssn + (k0 // G + (4 * rq) // WG)[None, :], mask=n_ok[:, None], other=0.0)
-            sg = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0)
+            s = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0).to(tl.float32)
             z = tl.load(z_ptr + row * szn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0)
             xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
             hi = w >> 16
@@ -196,8 +197,8 @@ if triton is not None:
             a += _code(hi, 4) * _slice(x_ptr, cols, 5, WG, 4)
             a += _code(hi, 8) * _slice(x_ptr, cols, 6, WG, 8)
             a += _code(hi, 12) * _slice(x_ptr, cols, 7, WG, 12)
-            acc += tl.sum(tl.reshape(a, (BN, W // 4, 4)), axis=2) * s.to(tl.float32)
-            zsx += sg.to(tl.float32) * z.to(tl.float32) * xsum[None, :]
+            acc += tl.sum(tl.reshape(a, (BN, NG, WG)), axis=2) * s  # word w is in group w // WG
+            zsx += s * z.to(tl.float32) * xsum[None, :]
         y = tl.sum(acc, axis=1) * (2.0 ** 49) - tl.sum(zsx, axis=1)
         if SPLIT == 1:
             tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
