@@ -186,6 +186,8 @@ if triton is not None:
             w = tl.load(w_ptr + row * swn + (k0 // 8 + rw)[None, :], mask=n_ok[:, None], other=0)
             s = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0).to(tl.float32)
             z = tl.load(z_ptr + row * szn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0)
+            # x read a second time, as [groups, G] (an L2 hit): summing the eight slices already in
+            # registers per group needed layout shuffles through shared memory and was slower
             xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
             hi = w >> 16
             cols = k0 + (rw // WG) * G + rw % WG
