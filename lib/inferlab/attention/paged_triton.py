@@ -17,6 +17,8 @@ row ``s % block_size``):
   through the block table (chunked prefill and prefix-cache hits need no special case).
 
 Every softmax runs online in float32 (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022).
+The store, decode and merge kernels launch with programmatic dependent launch on Hopper GPUs
+(:mod:`inferlab.pdl`), so a decode step's chain of small kernels does not pay each launch in full.
 On CPU tensors the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set
 before triton was imported (slow; for tests and CI).
 """
@@ -30,6 +32,7 @@ import torch
 from inferlab.attention.flash_triton import interpreting, triton_available
 from inferlab.attention.metadata import AttentionMetadata
 from inferlab.paging import cdiv
+from inferlab.pdl import launch_options, pdl_launch_then_wait
 
 __all__ = ["attend", "paged_decode", "paged_prefill", "store_kv", "decode_splits"]
 
@@ -76,7 +79,9 @@ def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, ac
 
 
 @_jit
-def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.constexpr, BLOCK: tl.constexpr):
+def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.constexpr, BLOCK: tl.constexpr,
+                  PDL: tl.constexpr):
+    pdl_launch_then_wait(PDL)
     t = tl.program_id(0)
     slot = tl.load(Slots + t)
     offs = tl.arange(0, BLOCK)
@@ -91,8 +96,9 @@ def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.con
 def _decode_kernel(Q, KC, VC, Tables, Lens, OPart, MPart, scale, num_splits, sqb, sqh, skb, sks, skh, svb, svs, svh,
                    stb, sob, soh, sos, smb, smh, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                   IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
     """Program (sequence, KV head, split): every query head of the group over one slice of the context."""
+    pdl_launch_then_wait(PDL)
     b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ctx = tl.load(Lens + b)
     per_split = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
@@ -121,8 +127,9 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, OPart, MPart, scale, num_splits, sqb
 
 @_jit
 def _reduce_kernel(OPart, MPart, Out, num_splits, sob, soh, sos, smb, smh, sutb, suth, HEAD_DIM: tl.constexpr,
-                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
     """Merge the splits' partial softmaxes of one (sequence, head), each weighted by exp(m - max m) * l."""
+    pdl_launch_then_wait(PDL)
     b, h = tl.program_id(0), tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
@@ -201,7 +208,8 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     k, v = k.contiguous(), v.contiguous()
     row = k.shape[1] * k.shape[2]
     _store_kernel[(k.shape[0],)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                                   k_cache.stride(1), v_cache.stride(1), ROW=row, BLOCK=_pow2(row))
+                                   k_cache.stride(1), v_cache.stride(1), ROW=row, BLOCK=_pow2(row),
+                                   **launch_options(k))
 
 
 def decode_splits(num_seqs: int, num_kv_heads: int, max_context: int | None = None, sms: int = 132) -> int:
@@ -241,9 +249,11 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         q, k_cache, v_cache, block_tables, context_lens, o_part, m_part, scale, splits, q.stride(0), q.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0), *o_part.stride()[:3],
         *m_part.stride()[:2], GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=d,
-        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg)
+        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg,
+        **launch_options(q))
     _reduce_kernel[(b, hq)](o_part, m_part, out, splits, *o_part.stride()[:3], *m_part.stride()[:2], out.stride(0),
-                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d)
+                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d,
+                            **launch_options(q))
     return out
 
 

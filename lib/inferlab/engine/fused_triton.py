@@ -11,11 +11,15 @@ up to the order of a sum. The residual add is folded into the next RMSNorm and S
 multiply by its gate, as vLLM's ``fused_add_rms_norm`` and ``silu_and_mul`` do, and q and k are
 rotated in one launch: four fewer kernels per layer.
 Used on CUDA tensors only; :func:`fused_ok` checks them once against the PyTorch versions.
+On Hopper GPUs they launch with programmatic dependent launch (:mod:`inferlab.pdl`): each lets
+the next kernel start, then waits for the one before.
 """
 
 from __future__ import annotations
 
 import torch
+
+from inferlab.pdl import launch_options, pdl_launch_then_wait
 
 try:  # optional: kernel bodies refer to ``tl`` as a module global, as Triton requires
     import triton
@@ -30,7 +34,8 @@ except ImportError:  # pragma: no cover - fused_ok() is then False
 
 
 @_jit
-def _rms_norm_kernel(X, W, Out, eps, sx, so, N: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_norm_kernel(X, W, Out, eps, sx, so, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_launch_then_wait(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
@@ -42,7 +47,9 @@ def _rms_norm_kernel(X, W, Out, eps, sx, so, N: tl.constexpr, BLOCK: tl.constexp
 
 
 @_jit
-def _add_rms_norm_kernel(X, R, W, Out, Sum, eps, sx, sr, so, ss, N: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rms_norm_kernel(X, R, W, Out, Sum, eps, sx, sr, so, ss, N: tl.constexpr, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr):
+    pdl_launch_then_wait(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
@@ -75,7 +82,8 @@ def _rope_head(X, Cos, Sin, Out, HALF: tl.constexpr, BLOCK: tl.constexpr):
 
 @_jit
 def _rope_qk_kernel(Q, K, Cos, Sin, QO, KO, sqt, sqh, skt, skh, sct, sot, soh, skot, skoh, NQ: tl.constexpr,
-                    HALF: tl.constexpr, BLOCK: tl.constexpr):
+                    HALF: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_launch_then_wait(PDL)
     t, h = tl.program_id(0), tl.program_id(1)
     if h < NQ:
         _rope_head(Q + t * sqt + h * sqh, Cos + t * sct, Sin + t * sct, QO + t * sot + h * soh, HALF, BLOCK)
@@ -85,7 +93,8 @@ def _rope_qk_kernel(Q, K, Cos, Sin, QO, KO, sqt, sqh, skt, skh, sct, sot, soh, s
 
 
 @_jit
-def _silu_and_mul_kernel(X, Out, sx, so, N, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(X, Out, sx, so, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    pdl_launch_then_wait(PDL)
     t, c = tl.program_id(0), tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = c < N
     gate = tl.load(X + t * sx + c, mask=ok, other=0.0).to(tl.float32)
@@ -107,7 +116,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     n = x2.shape[1]
     if x2.shape[0]:
         _rms_norm_kernel[(x2.shape[0],)](x2, weight, out, eps, x2.stride(0), out.stride(0), N=n, BLOCK=_pow2(n),
-                                         num_warps=4 if n <= 4096 else 8)
+                                         num_warps=4 if n <= 4096 else 8, **launch_options(x2))
     return out.view(*x.shape[:-1], n)
 
 
@@ -121,7 +130,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if x2.shape[0]:
         _add_rms_norm_kernel[(x2.shape[0],)](x2, r2, weight, out, total, eps, x2.stride(0), r2.stride(0),
                                              out.stride(0), total.stride(0), N=n, BLOCK=_pow2(n),
-                                             num_warps=4 if n <= 4096 else 8)
+                                             num_warps=4 if n <= 4096 else 8, **launch_options(x2))
     return out.view(*x.shape[:-1], n), total.view(*x.shape[:-1], n)
 
 
@@ -137,7 +146,8 @@ def rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     if t:
         _rope_qk_kernel[(t, hq + k.shape[1])](q, k, cos, sin, qo, ko, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                                               cos.stride(0), qo.stride(0), qo.stride(1), ko.stride(0), ko.stride(1),
-                                              NQ=hq, HALF=d // 2, BLOCK=_pow2(d), num_warps=1)
+                                              NQ=hq, HALF=d // 2, BLOCK=_pow2(d), num_warps=1,
+                                              **launch_options(q))
     return qo, ko
 
 
@@ -151,7 +161,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     block = min(1024, _pow2(n))
     if x2.shape[0]:
         _silu_and_mul_kernel[(x2.shape[0], -(-n // block))](x2, out, x2.stride(0), out.stride(0), n, BLOCK=block,
-                                                           num_warps=4)
+                                                           num_warps=4, **launch_options(x2))
     return out.view(*gate_up.shape[:-1], n)
 
 

@@ -25,14 +25,19 @@ stored in ``tuned.json`` per GPU name; other GPUs get the sweep's best tile on a
 :data:`DEFAULT`.
 
 Measured on an H200 (data/results/quant-sweep-h200.json, Llama-3-8B layer shapes, CUDA graphs over
-more weights than L2 holds). One row: int8 reads 2.1–4.2 TB/s, 1.42–1.92× cuBLAS bf16 per layer;
-int4 reads 1.35–3.2 TB/s, 2.20–2.92× bf16. 32 rows: int4 0.94–1.39× bf16 (the earlier ``x Wᵀ``
-form, unsplit, made the whole 8B step at batch 32 0.48× bf16). The int4 gemv is bound by issuing
-instructions and waiting, not by bandwidth: Nsight Compute on the gate/up layer (an earlier,
-two-pass form) counted 3.6 instructions per code, 57% of issue slots used, 25% occupancy
-(registers) and DRAM at 45% of peak. One pass, then one scale per group, took the int4 linear
-layers of the graphed 8B batch-1 step from 1.93 to 1.79 to 1.63 ms. What is known to go further:
-tensor-core unpacking of weights pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
+more weights than L2 holds). One row: int8 reads 2.4–4.2 TB/s, 1.67–2.01× cuBLAS bf16 per layer;
+int4 reads 2.0–3.3 TB/s, 2.40–3.30× bf16. 32 rows: int4 0.94–1.39× bf16 (the earlier ``x Wᵀ``
+form, unsplit, made the whole 8B step at batch 32 0.48× bf16). The one-row kernels launch with
+programmatic dependent launch (:mod:`inferlab.pdl`) and load their first K step's weights before
+waiting for the previous kernel; with that, the sweep picks one K step per program for most int4
+layers (the whole of a program's weights in flight while the kernel before it finishes), and the
+graphed 8B batch-1 int4 step went from 2.46 to 2.13 ms (data/results/quant-step-profile-h200.json).
+The tensor-core ``dot`` kernels launch without it: with it, the batch-32 steps were slower
+(data/results/quant-pdl-ablation-h200.json). The int4 gemv is bound by issuing instructions and
+waiting, not by bandwidth: Nsight Compute on the gate/up layer (an earlier, two-pass form) counted
+3.6 instructions per code, 57% of issue slots used, 25% occupancy (registers) and DRAM at 45% of
+peak. What is known to go further: tensor-core unpacking of weights pre-shuffled for the fragment
+layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from inferlab.pdl import launch_options, pdl_wait
 
 try:  # Triton ships with CUDA builds of torch; without it the reference path runs
     import triton
@@ -96,16 +103,26 @@ if triton is not None:
         return (u.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True)
 
     @triton.jit
-    def gemv(x_ptr, w_ptr, s_ptr, y_ptr, N, K, swn, BN: tl.constexpr, BK: tl.constexpr):
-        """int8, one row: ``BN`` outputs per program, K walked in ``BK`` steps, products kept in fp32."""
+    def _int8_step(acc, w, x_ptrs):
+        """``acc + c·x`` for one K step of int8 codes ``w [BN, BK]``; the code becomes a float by
+        :func:`_magic_f32` (``2**23 + 128 + c`` after flipping the sign bit, then one subtraction)."""
+        x = tl.load(x_ptrs).to(tl.float32)
+        return acc + (_magic_f32(w.to(tl.uint8, bitcast=True) ^ 0x80) - 8388736.0) * x[None, :]
+
+    @triton.jit
+    def gemv(x_ptr, w_ptr, s_ptr, y_ptr, N, K, swn, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
+        """int8, one row: ``BN`` outputs per program, K walked in ``BK`` steps, products kept in fp32.
+        The first step's weights are loaded before :func:`pdl_wait`, as in :func:`gemv_int4`."""
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         n_ok = rn < N
-        acc = tl.zeros((BN, BK), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            x = tl.load(x_ptr + k0 + tl.arange(0, BK)).to(tl.float32)
-            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + (k0 + tl.arange(0, BK))[None, :],
-                        mask=n_ok[:, None], other=0)
-            acc += (_magic_f32(w.to(tl.uint8, bitcast=True) ^ 0x80) - 8388736.0) * x[None, :]  # 2**23+128+c
+        rk = tl.arange(0, BK)
+        w_rows = w_ptr + rn[:, None].to(tl.int64) * swn
+        w = tl.load(w_rows + rk[None, :], mask=n_ok[:, None], other=0)
+        pdl_wait(PDL)
+        acc = _int8_step(tl.zeros((BN, BK), dtype=tl.float32), w, x_ptr + rk)
+        for k0 in range(BK, K, BK):
+            w = tl.load(w_rows + (k0 + rk)[None, :], mask=n_ok[:, None], other=0)
+            acc = _int8_step(acc, w, x_ptr + k0 + rk)
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
@@ -155,8 +172,40 @@ if triton is not None:
         return tl.load(x_ptr + cols + i * WG).to(tl.float32)[None, :] * (2.0 ** (100 - P))
 
     @triton.jit
+    def _int4_weights(w_ptr, s_ptr, z_ptr, row, n_ok, k0, swn, ssn, szn, G: tl.constexpr, W: tl.constexpr,
+                      NG: tl.constexpr):
+        """One K step's codes ``[BN, W]`` (32-bit words), scales and zero points ``[BN, NG]``."""
+        w = tl.load(w_ptr + row * swn + (k0 // 8 + tl.arange(0, W))[None, :], mask=n_ok[:, None], other=0)
+        s = tl.load(s_ptr + row * ssn + (k0 // G + tl.arange(0, NG))[None, :], mask=n_ok[:, None], other=0.0)
+        z = tl.load(z_ptr + row * szn + (k0 // G + tl.arange(0, NG))[None, :], mask=n_ok[:, None], other=0)
+        return w, s.to(tl.float32), z
+
+    @triton.jit
+    def _int4_step(acc, zsx, w, s, z, x_ptr, k0, BN: tl.constexpr, G: tl.constexpr, W: tl.constexpr,
+                   NG: tl.constexpr):
+        """Add one K step's ``Σ c·x`` per group (scaled once) to ``acc`` and its ``s·z·Σx`` to ``zsx``."""
+        WG: tl.constexpr = G // 8  # words per group
+        rw, rg, rc = tl.arange(0, W), tl.arange(0, NG), tl.arange(0, G)
+        # x read a second time, as [groups, G] (an L2 hit): summing the eight slices already in
+        # registers per group needed layout shuffles through shared memory and was slower
+        xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
+        hi = w >> 16
+        cols = k0 + (rw // WG) * G + rw % WG
+        a = _code(w, 0) * _slice(x_ptr, cols, 0, WG, 0)
+        a += _code(w, 4) * _slice(x_ptr, cols, 1, WG, 4)
+        a += _code(w, 8) * _slice(x_ptr, cols, 2, WG, 8)
+        a += _code(w, 12) * _slice(x_ptr, cols, 3, WG, 12)
+        a += _code(w, 16) * _slice(x_ptr, cols, 4, WG, 16)
+        a += _code(hi, 4) * _slice(x_ptr, cols, 5, WG, 4)
+        a += _code(hi, 8) * _slice(x_ptr, cols, 6, WG, 8)
+        a += _code(hi, 12) * _slice(x_ptr, cols, 7, WG, 12)
+        acc += tl.sum(tl.reshape(a, (BN, NG, WG)), axis=2) * s  # word w is in group w // WG
+        zsx += s * z.to(tl.float32) * xsum[None, :]
+        return acc, zsx
+
+    @triton.jit
     def gemv_int4(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, part_ptr, count_ptr, N, K, swn, ssn, szn,
-                  G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
+                  G: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr):
         """int4, one row, codes in :func:`~inferlab.quant.rtn.kernel_order` read as 32-bit words.
 
         Word ``j`` of a group holds code ``i`` of column ``i·G/8 + j`` in bits ``4i..4i+3``: five
@@ -166,41 +215,28 @@ if triton is not None:
         each step also takes its groups' ``s·z·Σx``, subtracted at the end. All of a step's loads
         (codes, scales, zero points, ``x``) are issued together, so a program waits on memory once
         per step: a separate zero-point pass after the main loop waited twice and was 1–12% slower
-        on the 8B layers of an H200. With ``SPLIT > 1``, ``SPLIT`` programs share each row block's
+        on the 8B layers of an H200. The first step's weights are loaded before :func:`pdl_wait`
+        (they do not depend on the previous kernel), so under PDL they arrive while it finishes.
+        With ``SPLIT > 1`` (``SPLIT·BK ≤ K``), ``SPLIT`` programs share each row block's
         K steps (more loads in flight on short, wide layers); each stores its partial sums and the
         last to finish adds them up (a counter per row block, reset by that program, so the next
         call and CUDA-graph replays start at 0).
         """
-        WG: tl.constexpr = G // 8  # words per group
         W: tl.constexpr = BK // 8  # words per step
         NG: tl.constexpr = BK // G  # groups per step
         pid_n, pid_k = tl.program_id(0), tl.program_id(1)
         rn = pid_n * BN + tl.arange(0, BN)
         n_ok = rn < N
         row = rn[:, None].to(tl.int64)
-        rw = tl.arange(0, W)
-        rg, rc = tl.arange(0, NG), tl.arange(0, G)
+        k_first = pid_k * BK
+        w, s, z = _int4_weights(w_ptr, s_ptr, z_ptr, row, n_ok, k_first, swn, ssn, szn, G, W, NG)
+        pdl_wait(PDL)
         acc = tl.zeros((BN, NG), dtype=tl.float32)
         zsx = tl.zeros((BN, NG), dtype=tl.float32)
-        for k0 in range(pid_k * BK, K, SPLIT * BK):
-            w = tl.load(w_ptr + row * swn + (k0 // 8 + rw)[None, :], mask=n_ok[:, None], other=0)
-            s = tl.load(s_ptr + row * ssn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + row * szn + (k0 // G + rg)[None, :], mask=n_ok[:, None], other=0)
-            # x read a second time, as [groups, G] (an L2 hit): summing the eight slices already in
-            # registers per group needed layout shuffles through shared memory and was slower
-            xsum = tl.sum(tl.load(x_ptr + k0 + rg[:, None] * G + rc[None, :]).to(tl.float32), axis=1)
-            hi = w >> 16
-            cols = k0 + (rw // WG) * G + rw % WG
-            a = _code(w, 0) * _slice(x_ptr, cols, 0, WG, 0)
-            a += _code(w, 4) * _slice(x_ptr, cols, 1, WG, 4)
-            a += _code(w, 8) * _slice(x_ptr, cols, 2, WG, 8)
-            a += _code(w, 12) * _slice(x_ptr, cols, 3, WG, 12)
-            a += _code(w, 16) * _slice(x_ptr, cols, 4, WG, 16)
-            a += _code(hi, 4) * _slice(x_ptr, cols, 5, WG, 4)
-            a += _code(hi, 8) * _slice(x_ptr, cols, 6, WG, 8)
-            a += _code(hi, 12) * _slice(x_ptr, cols, 7, WG, 12)
-            acc += tl.sum(tl.reshape(a, (BN, NG, WG)), axis=2) * s  # word w is in group w // WG
-            zsx += s * z.to(tl.float32) * xsum[None, :]
+        acc, zsx = _int4_step(acc, zsx, w, s, z, x_ptr, k_first, BN, G, W, NG)
+        for k0 in range(k_first + SPLIT * BK, K, SPLIT * BK):
+            w, s, z = _int4_weights(w_ptr, s_ptr, z_ptr, row, n_ok, k0, swn, ssn, szn, G, W, NG)
+            acc, zsx = _int4_step(acc, zsx, w, s, z, x_ptr, k0, BN, G, W, NG)
         y = tl.sum(acc, axis=1) * (2.0 ** 49) - tl.sum(zsx, axis=1)
         if SPLIT == 1:
             tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_ok)
@@ -282,9 +318,11 @@ def choose_tile(fmt: str, M: int, N: int, K: int) -> Tile:
 
 
 def fits(tile: Tile, K: int, group: int) -> bool:
-    """True when the tile's K step divides K and is a whole number of int4 groups (``group`` 1 for int8);
-    the int4 ``dot`` needs groups of at least 128 (``tl.dot`` takes slices of 16 or more)."""
-    return K % tile.bk == 0 and tile.bk % group == 0 and (tile.kernel == "gemv" or group == 1 or group >= 128)
+    """True when the tile's K step divides K and is a whole number of int4 groups (``group`` 1 for int8),
+    every one of its ``split`` programs gets a step, and, for the int4 ``dot``, groups are at least 128
+    (``tl.dot`` takes slices of 16 or more)."""
+    return (K % tile.bk == 0 and tile.bk % group == 0 and tile.split * tile.bk <= K
+            and (tile.kernel == "gemv" or group == 1 or group >= 128))
 
 
 # ------------------------------------------------------------------ launching
@@ -305,9 +343,10 @@ def launch(x2: torch.Tensor, w, s, z, N: int, K: int, group: int, tile: Tile) ->
             words = w.view(torch.int32)
             part, count = _split_buffers(x2.device, N, tile) if tile.split > 1 else (y, y)
             k["gemv_int4"][(-(-N // tile.bn), tile.split)](x2, words, s, z, y, part, count, N, K, words.stride(0),
-                                                           s.stride(0), z.stride(0), G=group, SPLIT=tile.split, **opts)
+                                                           s.stride(0), z.stride(0), G=group, SPLIT=tile.split, **opts,
+                                                           **launch_options(x2))
         else:
-            k["gemv"][(-(-N // tile.bn),)](x2, w, s, y, N, K, w.stride(0), **opts)
+            k["gemv"][(-(-N // tile.bn),)](x2, w, s, y, N, K, w.stride(0), **opts, **launch_options(x2))
         return y
     grid_n, grid_m = -(-N // tile.bn), -(-M // tile.bm)
     if int4:
