@@ -9,7 +9,8 @@
 # 2. `python -m inferlab.bench quant`: CUDA-graphed decode of Llama-3-8B- and Llama-3.2-1B-shaped
 #    engine models (random bf16 weights) at batch 1 and 32 in bf16, our int8 and int4, bitsandbytes
 #    NF4 and LLM.int8(); then the quality table on the tiny model (bytes, perplexity, generate tok/s).
-# Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 4 minutes (240 s on 2026-11-30, SWEEP_TIMEOUT=150; the sweep took 49 s).
+# Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 5 minutes (312 s on 2026-11-30, SWEEP_TIMEOUT=170;
+# the sweep and the checks took 93 s).
 # Separately (the 8-file limit on $OUT): python3 scripts/gpu/step_profile.py --out $OUT/quant-step-profile-h200.json
 # (about 20 s) splits one graphed 8B decode step into linear layers, other kernels and gaps.
 set -uo pipefail
