@@ -359,7 +359,12 @@ display(Markdown(qviz.myth_table(claims)))
 # Where the time goes, one linear layer at a time: the kernel sweep recorded on the H200
 # (`scripts/gpu/quant_sweep.py`: every tile of our kernels on every 8B layer shape at 1 and 32
 # rows, each timed as a CUDA graph over more weight copies than the 50 MB L2 holds), the fastest
-# of each format beside cuBLAS bf16, with the rate at which each reads its own bytes.
+# of each format beside cuBLAS bf16, with the rate at which each reads its own bytes. The one-row
+# kernels launch with *programmatic dependent launch* (PDL, `inferlab.pdl`): on Hopper GPUs a
+# kernel may start while the one before it is finishing, load the weights it will need (they do
+# not depend on that kernel), and only then wait for the previous kernel's output. In the sweep
+# each launch follows another launch of the same layer, so these per-layer times are the best case
+# of that overlap; the whole step below is the honest test.
 
 # %%
 sweep = load_result("quant-sweep", "h200")
@@ -379,7 +384,9 @@ else:
 # %% [markdown]
 # And one whole 8B decode step, kernel by kernel (`scripts/gpu/step_profile.py`: the graphed
 # step replayed under the PyTorch profiler): the linear layers' kernels, every other kernel
-# (attention, norms, RoPE, residual adds, the activation), and the gaps between kernels.
+# (attention, norms, RoPE, residual adds, the activation), and the gaps between kernels. The
+# kernels are profiled with PDL off, where each kernel's time is its own; the step is timed both
+# ways, and its logits are checked to be identical with and without PDL.
 
 # %%
 profile = load_result("quant-step-profile", "h200")
@@ -389,8 +396,10 @@ else:
     for variant, rec in profile.items():
         linear = sum(us for name, _, us in rec["kernels"] if name.startswith(("nvjet", "gemv", "dot"))
                      or "splitK" in name)
-        print(f"{variant:5s} step {rec['step_us']:6.0f} µs = linear layers {linear:6.0f} µs"
-              f" + other kernels {rec['kernel_us'] - linear:4.0f} µs + gaps {rec['step_us'] - rec['kernel_us']:4.0f} µs")
+        serial = rec["step_us_without_pdl"]
+        print(f"{variant:5s} without PDL: step {serial:6.0f} µs = linear layers {linear:6.0f} µs"
+              f" + other kernels {rec['kernel_us'] - linear:4.0f} µs + gaps {serial - rec['kernel_us']:4.0f} µs;"
+              f" with PDL: step {rec['step_us']:6.0f} µs (logits identical: {rec['pdl_logits_identical']})")
 
 # %% [markdown]
 # How our int4 kernel turns a code into a number: a float32 whose exponent bits are all zero is a
@@ -416,15 +425,32 @@ for position in (0, 4, 8, 12, 16):  # the codes at bits 0..19 sit inside the 23-
 # only once its loads arrive, too few programs fit on a multiprocessor (each needs many
 # registers) to keep other loads in flight meanwhile, and the small layers are too short to fill
 # the memory system. Whole steps gain less than the layers do, because attention, norms and the
-# gaps between kernels take the same time in every format. At batch 32 a step does 32× the arithmetic on the same bytes, and the lead
-# shrinks or turns around: bitsandbytes' NF4 falls well below bf16, and our int4 stays near bf16.
-# At 32 rows our int4 kernel reads its bytes far more slowly than at one row (the TB/s in the
-# lines above): the bytes no longer set its time, the unpacking and the arithmetic do. It only
-# got that far by computing $W x^\top$ instead of $x W^\top$, so that the weight rows fill the
-# large side of the tensor-core instruction and the 32 activation rows its small side, and by
-# splitting K across programs on the small layers.
+# gaps between kernels take the same time in every format. At batch 32 a step does 32× the
+# arithmetic on the same bytes, and the lead shrinks or turns around: bitsandbytes' NF4 falls well
+# below bf16, and our int4 stays near bf16. At 32 rows our int4 kernel reads its bytes far more
+# slowly than at one row (the TB/s in the lines above): the bytes no longer set its time, the
+# unpacking and the arithmetic do. It only got that far by computing $W x^\top$ instead of
+# $x W^\top$, so that the weight rows fill the large side of the tensor-core instruction and the 32
+# activation rows its small side, and by splitting K across programs on the small layers.
 # gpt-fast reports 1.48× (int8) and 1.88× (int4) on an A100 with other kernels: treat every "×"
 # in a table as a property of a kernel on a machine, not of a format.
+#
+# PDL helps the int4 step far more than the bf16 one (the step lines above): our gemv loads its
+# weights before it waits, so its memory traffic overlaps the small kernels before it, while
+# cuBLAS's kernels do not take part. It is no free lunch either. The four H200 runs that settled
+# how it is used (`data/results/quant-pdl-ablation-h200.json`; 8B step in ms, batch 1 and 32):
+# with PDL on every kernel the batch-32 steps got slower. A tensor-core kernel launched early has
+# nothing to load before it waits; our reading is that it only holds the multiprocessor's resources
+# meanwhile. So the kernels for 2–64 rows launch without it (each run's full description is in the
+# file).
+
+# %%
+ablation = load_result("quant-pdl-ablation", "h200")
+if ablation is not None:
+    for config in ablation["configs"]:
+        ms = {(r["variant"], r["batch"]): r["ms_per_step"] for r in config["decode"] if r["shape"] == "llama-3-8b"}
+        print(" ".join(f"{v} b{b} {ms[(v, b)]:.2f}" for b in (1, 32) for v in ("bf16", "int8", "int4")),
+              "|", config["name"])
 
 # %% [markdown]
 # ## 10. Exercises
