@@ -118,7 +118,7 @@ tiles = [Tile("gemv", 1, 16, 256, 4, 2), Tile("gemv", 1, 8, 128, 4, 2), Tile("ge
          Tile("dot", 16, 32, 128, 4, 2, 4), Tile("dot", 16, 16, 256, 4, 2, 2)]
 worst = 0.0
 for M in (1, 3, 20):
-    for N, K, g in ((96, 512, 128), (40, 256, 32), (24, 512, 64)):
+    for N, K, g in ((96, 512, 128), (40, 256, 32), (24, 1024, 64)):  # 1024: room for 8 splits of 128
         w, x = torch.randn(N, K), torch.randn(M, K).half()
         for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, group_size=g)):
             int4 = isinstance(layer, Int4Linear)
@@ -133,6 +133,19 @@ for M in (1, 3, 20):
                     worst = max(worst, float((got - ref).abs().max() / ref.abs().max()))
 print(worst)
 """
+
+
+def test_a_split_tile_fits_only_where_every_program_gets_a_k_step():
+    """The gemv loads its first K step before waiting for the previous kernel (inferlab.pdl), unmasked:
+    a tile whose ``split`` programs would not each get a step must be refused, not launched."""
+    from inferlab.quant import kernels
+    from inferlab.quant.kernels import Tile
+
+    tile = Tile("gemv", 1, 16, 1024, 4, 1, 8)
+    assert not kernels.fits(tile, 4096, 128)
+    assert kernels.fits(tile._replace(bk=512), 4096, 128)
+    assert kernels.fits(tile._replace(split=7, bk=2048), 14336, 128)
+    assert not kernels.fits(tile._replace(split=1, bk=1024), 1536, 128)  # K not a whole number of steps
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CUDA machines have it)")
