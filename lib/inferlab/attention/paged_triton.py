@@ -245,15 +245,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     o_part = torch.empty(b, hq, splits, block_d, dtype=torch.float32, device=q.device)
     m_part = torch.empty(b, hq, splits, 2, dtype=torch.float32, device=q.device)
     cfg = {"num_warps": 4, "num_stages": 2} if q.is_cuda else {}
+    pdl = launch_options(q)
     _decode_kernel[(b, hkv, splits)](
         q, k_cache, v_cache, block_tables, context_lens, o_part, m_part, scale, splits, q.stride(0), q.stride(1),
         *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0), *o_part.stride()[:3],
         *m_part.stride()[:2], GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=d,
-        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg,
-        **launch_options(q))
+        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg, **pdl)
     _reduce_kernel[(b, hq)](o_part, m_part, out, splits, *o_part.stride()[:3], *m_part.stride()[:2], out.stride(0),
-                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d,
-                            **launch_options(q))
+                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d, **pdl)
     return out
 
 
