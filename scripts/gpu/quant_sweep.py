@@ -46,23 +46,14 @@ def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
             "down": (h, c.intermediate_size), "lm_head": (c.vocab_size, h)}
 
 GEMV = {"int8": [(8, 1024), (16, 512), (16, 1024), (32, 256), (32, 512), (64, 256), (64, 512)],
-        "int4": [(bn, bk) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048)] + [(bn, 4096) for bn in (2, 4, 8, 16, 32)]}
+        "int4": [(bn, bk) for bn in (4, 8, 16, 32) for bk in (512, 1024, 2048)] + [(bn, 4096) for bn in (2, 4, 8, 16)]}
 DOT = [(32, 128), (64, 128), (64, 256), (128, 128), (32, 256), (32, 512), (64, 512)]
-
-
-def one_step_splits() -> set[tuple[int, int]]:
-    """``(bk, split)`` with ``split·bk = K`` for a swept K that no power-of-two split covers (14336 = 7·2048):
-    each program then takes one K step, whose weights it loads before waiting for the previous kernel
-    (:mod:`inferlab.pdl`)."""
-    ks = {K for m in MODELS for _, K in layer_shapes(m).values()}
-    return {(bk, K // bk) for K in ks for bk in (1024, 2048) if K % bk == 0 and K // bk <= 16 and K // bk not in (1, 2, 4, 8)}
 
 
 def tiles(fmt: str, rows: int) -> list[Tile]:
     """Candidate tiles of one format for one row (gemv, and int8's dot) or for 32 rows (dot)."""
     if rows == 1 and fmt == "int4":  # split: programs sharing each row block's K (stages made no difference)
         out = [Tile("gemv", 1, bn, bk, w, 1, sp) for (bn, bk), w, sp in itertools.product(GEMV[fmt], (2, 4, 8), (1, 2, 4, 8))]
-        out += [Tile("gemv", 1, bn, bk, w, 1, sp) for (bk, sp), bn, w in itertools.product(one_step_splits(), (8, 16, 32), (2, 4, 8))]
     elif rows == 1:
         out = [Tile("gemv", 1, bn, bk, w, s) for (bn, bk), w, s in itertools.product(GEMV[fmt], (4, 8), (2, 3, 4))]
         out += [Tile("dot", 16, bn, bk, 4, s) for (bn, bk), s in itertools.product(DOT, (3, 4))]
@@ -94,7 +85,7 @@ def reference(fmt: str, x: torch.Tensor, q, s, z) -> torch.Tensor:
 def _compile(jobs: list) -> int:
     torch.cuda.set_device(0)
     for fmt, rows, tile in jobs:
-        K = max(4096, tile.split * tile.bk)  # every program gets a K step (kernels.fits)
+        K = max(4096, tile.split * tile.bk)  # every program gets a K step (kernels.fits): its first loads are unmasked
         q, s, z = buffers(fmt, 256, K)  # N = 256: every stride a multiple of 16, as in the real shapes
         x = torch.randn(rows, K, device="cuda", dtype=torch.bfloat16)
         kernels.launch(x, q, s, z, 256, K, GROUP if z is not None else 1, tile)
