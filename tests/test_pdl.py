@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inferlab import pdl
+from inferlab.device import capture_cuda_graph_output
 
 
 def test_cpu_tensors_launch_without_pdl():
@@ -28,10 +29,7 @@ def test_the_switch_turns_it_off(monkeypatch):
 
 
 def _graphed_logits(step) -> torch.Tensor:
-    step.step()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step.step()
+    graph, out = capture_cuda_graph_output(step.step)
     results = []
     for _ in range(3):
         graph.replay()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from inferlab.bench.quant import EngineStep, decode_table, main
+from inferlab.device import capture_cuda_graph_output
 from inferlab.quant import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +181,6 @@ def test_triton_kernels_on_cuda_match_the_reference():
 def test_split_int4_kernels_in_a_cuda_graph_replay_correctly():
     """The split kernels' counters return to zero: every replay of a captured call is right
     (gemv at one row, dot at 20 and 32 rows, i.e. one and two row blocks)."""
-    from inferlab.device import capture_cuda_graph
     from inferlab.quant import Int4Linear, kernels
     from inferlab.quant.kernels import Tile
 
@@ -189,14 +189,13 @@ def test_split_int4_kernels_in_a_cuda_graph_replay_correctly():
                        (32, Tile("dot", 32, 64, 128, 4, 3, 4)), (20, Tile("dot", 16, 32, 256, 8, 3, 8))):
         x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ layer.dequantize().T
-        out = {}
-        graph = capture_cuda_graph(lambda t=tile, o=out, x=x: o.update(y=kernels.launch(
-            x, layer.qweight, layer.scales, layer.zeros, 512, 4096, 128, t)))
+        graph, y = capture_cuda_graph_output(lambda t=tile, x=x: kernels.launch(
+            x, layer.qweight, layer.scales, layer.zeros, 512, 4096, 128, t))
         for _ in range(3):
-            out["y"].zero_()
+            y.zero_()
             graph.replay()
             torch.cuda.synchronize()
-            assert (out["y"].float() - ref).abs().max() / ref.abs().max() < 1e-2, tile
+            assert (y.float() - ref).abs().max() / ref.abs().max() < 1e-2, tile
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -213,10 +212,7 @@ def test_engine_step_graph_replays_the_eager_step():
         step = EngineStep(runner, batch=4, context=40, model=model)
         step.ids.copy_(torch.tensor([1, 2, 3, 4]))
         eager = step.step().clone()
-        graph = torch.cuda.CUDAGraph()
-        step.step()
-        with torch.cuda.graph(graph):
-            out = step.step()
+        graph, out = capture_cuda_graph_output(step.step)
         graph.replay()
         torch.cuda.synchronize()
         assert torch.allclose(out.float(), eager.float(), atol=1e-2), (name, group)

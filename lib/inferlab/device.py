@@ -127,6 +127,12 @@ def cpu_threads(n: int | None):
 def capture_cuda_graph(fn):
     """``fn()`` captured as a ``torch.cuda.CUDAGraph``, after one warm-up run on a side stream
     (so lazy initialisation and Triton compiles happen outside the capture)."""
+    return capture_cuda_graph_output(fn)[0]
+
+
+def capture_cuda_graph_output(fn):
+    """``(graph, out)``: :func:`capture_cuda_graph` of ``fn``, and what ``fn()`` returned inside the
+    capture, the tensors that every ``graph.replay()`` writes again (read them after a replay)."""
     import torch
 
     side = torch.cuda.Stream()
@@ -136,8 +142,8 @@ def capture_cuda_graph(fn):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return graph
+        out = fn()
+    return graph, out
 
 
 def time_cuda_graph(fn, repeats: int = 5) -> list[float]:

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from inferlab.bench.quant import CONTEXT, EngineStep, make_variant
 from inferlab.configs import load_config
-from inferlab.device import capture_cuda_graph, time_cuda_graph
+from inferlab.device import capture_cuda_graph, capture_cuda_graph_output, time_cuda_graph
 from inferlab.engine.model_runner import ModelRunner
 
 
@@ -49,10 +49,7 @@ def kernel_table(step, replays: int = 5) -> list[tuple[str, float, float]]:
 
 def graphed_logits(step) -> torch.Tensor:
     """The logits of one replay of a fresh CUDA graph of ``step`` (launch options are fixed at capture)."""
-    step()  # compiles and lazy buffers outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    graph, out = capture_cuda_graph_output(step)
     graph.replay()
     torch.cuda.synchronize()
     return out.clone()

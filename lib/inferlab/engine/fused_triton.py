@@ -34,16 +34,23 @@ except ImportError:  # pragma: no cover - fused_ok() is then False
 
 
 @_jit
+def _norm_and_store(x, W, out_row, offs, ok, eps, N: tl.constexpr):
+    """Store ``w · x / rms(x)`` for the fp32 row ``x``, rounded to the output dtype before the weight
+    multiplies, as the reference :class:`~inferlab.engine.layers.RMSNorm` rounds."""
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
+    normed = (x * rstd).to(out_row.dtype.element_ty).to(tl.float32)
+    w = tl.load(W + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_row + offs, (w * normed).to(out_row.dtype.element_ty), mask=ok)
+
+
+@_jit
 def _rms_norm_kernel(X, W, Out, eps, sx, so, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     pdl_launch_then_wait(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
     x = tl.load(X + row * sx + offs, mask=ok, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
-    normed = (x * rstd).to(Out.dtype.element_ty).to(tl.float32)
-    w = tl.load(W + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(Out + row * so + offs, (w * normed).to(Out.dtype.element_ty), mask=ok)
+    _norm_and_store(x, W, Out + row * so, offs, ok, eps, N)
 
 
 @_jit
@@ -57,11 +64,7 @@ def _add_rms_norm_kernel(X, R, W, Out, Sum, eps, sx, sr, so, ss, N: tl.constexpr
         R + row * sr + offs, mask=ok, other=0.0).to(tl.float32)
     total = total.to(Sum.dtype.element_ty)  # the residual stream, rounded as ``x + residual`` rounds
     tl.store(Sum + row * ss + offs, total, mask=ok)
-    x = total.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 0) / N + eps)
-    normed = (x * rstd).to(Out.dtype.element_ty).to(tl.float32)
-    w = tl.load(W + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(Out + row * so + offs, (w * normed).to(Out.dtype.element_ty), mask=ok)
+    _norm_and_store(total.to(tl.float32), W, Out + row * so, offs, ok, eps, N)
 
 
 @_jit
