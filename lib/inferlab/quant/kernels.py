@@ -33,11 +33,15 @@ waiting for the previous kernel; with that, the sweep picks one K step per progr
 layers (the whole of a program's weights in flight while the kernel before it finishes), and the
 graphed 8B batch-1 int4 step went from 2.46 to 2.13 ms (data/results/quant-step-profile-h200.json).
 The tensor-core ``dot`` kernels launch without it: with it, the batch-32 steps were slower
-(data/results/quant-pdl-ablation-h200.json). The int4 gemv is bound by issuing instructions and
-waiting, not by bandwidth: Nsight Compute on the gate/up layer (an earlier, two-pass form) counted
-3.6 instructions per code, 57% of issue slots used, 25% occupancy (registers) and DRAM at 45% of
-peak. What is known to go further: tensor-core unpacking of weights pre-shuffled for the fragment
-layout (Frantar et al. 2024, Marlin).
+(data/results/quant-pdl-ablation-h200.json). The int4 gemv is bound by latency, not bandwidth.
+Nsight Compute on one cold launch per 8B layer (PDL off, 2026-11-30): the words a program holds take
+168 registers, so 3 warps per scheduler (19% occupancy), of which 0.7–1.1 can issue in a cycle;
+one instruction every 2–2.5 cycles; DRAM at 31% (q/k/v), 57% (gate/up) and 39% (down) of peak.
+Three ways around it lost on an H200 that day: a persistent form with Triton's software pipeliner
+(``cp.async``, 2–3 stages) was 15–50% slower per layer; products in fp16 pairs through inline PTX
+(16% fewer instructions) left the step time unchanged; each program asking L2 for the next wave's
+weights was 0–25% slower. What is known to go further: tensor-core unpacking of weights
+pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
