@@ -37,10 +37,12 @@ The tensor-core ``dot`` kernels launch without it: with it, the batch-32 steps w
 Nsight Compute on one cold launch per 8B layer (PDL off, 2026-11-30): the words a program holds take
 168 registers, so 3 warps per scheduler (19% occupancy), of which 0.7–1.1 can issue in a cycle;
 one instruction every 2–2.5 cycles; DRAM at 31% (q/k/v), 57% (gate/up) and 39% (down) of peak.
-Three ways around it lost on an H200 that day: a persistent form with Triton's software pipeliner
-(``cp.async``, 2–3 stages) was 15–50% slower per layer; products in fp16 pairs through inline PTX
-(16% fewer instructions) left the step time unchanged; each program asking L2 for the next wave's
-weights was 0–25% slower. What is known to go further: tensor-core unpacking of weights
+Four ways around it lost on an H200 that day: a persistent form with Triton's software pipeliner
+(``cp.async``, 2–3 stages) was 15–50% slower per layer; the K loop pipelined the same way (``tl.range``
+with ``num_stages``; a plain ``range`` is not pipelined, whatever the launch's ``num_stages``) won
+4% on the down projection alone but made the whole step 7% slower, since its loads no longer start
+before :func:`pdl_wait`; products in fp16 pairs through inline PTX (16% fewer instructions) left the
+step time unchanged; each program asking L2 for the next wave's weights was 0–25% slower. What is known to go further: tensor-core unpacking of weights
 pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
 """
 
@@ -81,7 +83,7 @@ class Tile(NamedTuple):
 
 
 DEFAULT = {  # (format, rows > 1): a tile that works everywhere, used until a sweep says better
-    ("int8", False): Tile("gemv", 1, 32, 512, 8, 3), ("int4", False): Tile("gemv", 1, 16, 1024, 4, 3),
+    ("int8", False): Tile("gemv", 1, 32, 512, 8, 1), ("int4", False): Tile("gemv", 1, 16, 1024, 4, 1),
     ("int8", True): Tile("dot", 32, 64, 128, 4, 3), ("int4", True): Tile("dot", 32, 64, 128, 4, 3, 4),
 }
 
