@@ -417,6 +417,37 @@ for position in (0, 4, 8, 12, 16):  # the codes at bits 0..19 sit inside the 23-
           f"{float(denormal.double() * 2.0 ** (149 - position)):.0f}")
 
 # %% [markdown]
+# Why does our int4 kernel read its bytes more slowly than cuBLAS reads bf16? Hardware counters
+# answer it (`scripts/gpu/quant_ncu.py`: Nsight Compute, one cold launch per 8B layer with its
+# tuned tile, PDL off). A scheduler issues at most one instruction per cycle from the warps it
+# holds; a warp waiting for its loads (a "long scoreboard" stall) cannot issue. To keep DRAM busy,
+# enough bytes must be in flight to cover its latency (Little's law: bytes in flight = bandwidth ×
+# latency), so either many warps with loads outstanding or loads issued long before they are used.
+
+# %%
+ncu = load_result("quant-ncu", "h200")
+if ncu is None:
+    print("no counters recorded yet (data/results/quant-ncu-h200.json)")
+else:
+    for r in ncu["layers"]:
+        stall = max((k for k in r["stalls_per_issue"] if k != "selected"), key=r["stalls_per_issue"].get)
+        print(f"{r['layer']:8s} {r['us']:5.1f} µs  DRAM {r['dram_pct_of_peak']:3.0f}% of peak  "
+              f"{r['registers_per_thread']:3.0f} registers/thread  warps per scheduler: {r['warps_active_per_scheduler']:.1f}"
+              f" resident, {r['warps_eligible_per_scheduler']:.1f} ready  issuing in {r['issue_active_pct']:2.0f}% of cycles"
+              f"  top stall: {stall} ({r['stalls_per_issue'][stall]:.1f} warps per issue)")
+
+# %% [markdown]
+# Each program keeps its whole weight tile in registers, so only a few programs fit on a
+# multiprocessor (the registers column) and, of the few warps resident, about one or fewer is
+# ready to issue: most wait on memory. The long layers (gate/up, the LM head) keep DRAM busier than
+# the short ones, which are over before the memory system is full. Making the arithmetic cheaper
+# does not fix that, nor does streaming the tile through shared memory if the loads then start
+# later: the kernel's docstring (`inferlab.quant.kernels`) lists four such rewrites that lost on
+# this GPU. Kernels that go further (Marlin, Frantar et al. 2024) keep loads in flight with
+# asynchronous copies *and* pre-arrange the weights so that the unpacked codes feed the tensor cores
+# directly.
+
+# %% [markdown]
 # What the table teaches: a 4-bit format makes decoding faster only through a kernel that reads
 # the packed weights and does the arithmetic well, and only while the step is bound by weight
 # bytes. Our int8 kernel reads its bytes about as fast as cuBLAS reads bf16, so it takes about
@@ -511,4 +542,5 @@ check_bound(answer, bf16_bytes, int4_bytes, measured)
 # Multiplication for Transformers at Scale*; Dettmers, Pagnoni, Holtzman, Zettlemoyer 2023,
 # *QLoRA*; Frantar, Ashkboos, Hoefler, Alistarh 2023, *GPTQ*; Lin et al. 2024, *AWQ*; PyTorch
 # team 2023, *gpt-fast* and "Accelerating Generative AI with PyTorch II"; llama.cpp's GGUF
-# specification (ggml-org/ggml, docs/gguf.md).
+# specification (ggml-org/ggml, docs/gguf.md); Frantar, Castro, Chen, Hoefler, Alistarh 2024, *MARLIN:
+# Mixed-Precision Auto-Regressive Parallel Inference on Large Language Models*.

@@ -34,9 +34,10 @@ layers (the whole of a program's weights in flight while the kernel before it fi
 graphed 8B batch-1 int4 step went from 2.46 to 2.13 ms (data/results/quant-step-profile-h200.json).
 The tensor-core ``dot`` kernels launch without it: with it, the batch-32 steps were slower
 (data/results/quant-pdl-ablation-h200.json). The int4 gemv is bound by latency, not bandwidth.
-Nsight Compute on one cold launch per 8B layer (PDL off, 2026-11-30): the words a program holds take
-168 registers, so 3 warps per scheduler (19% occupancy), of which 0.7–1.1 can issue in a cycle;
-one instruction every 2–2.5 cycles; DRAM at 31% (q/k/v), 57% (gate/up) and 39% (down) of peak.
+Nsight Compute on one cold launch per 8B layer (``scripts/gpu/quant_ncu.py``, PDL off;
+data/results/quant-ncu-h200.json): the words a program holds take 168 registers, so at most 3
+warps per scheduler, of which 0.5–1.2 are ready to issue; the top stall is waiting on global
+memory; DRAM at 27–40% of peak on the short layers, 58% on gate/up and 71% on the LM head.
 Four ways around it lost on an H200 that day: a persistent form with Triton's software pipeliner
 (``cp.async``, 2–3 stages) was 15–50% slower per layer; the K loop pipelined the same way (``tl.range``
 with ``num_stages``; a plain ``range`` is not pipelined, whatever the launch's ``num_stages``) won
