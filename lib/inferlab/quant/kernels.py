@@ -38,13 +38,21 @@ Nsight Compute on one cold launch per 8B layer (``scripts/gpu/quant_ncu.py``, PD
 data/results/quant-ncu-h200.json): the words a program holds take 168 registers, so at most 3
 warps per scheduler, of which 0.5–1.2 are ready to issue; the top stall is waiting on global
 memory; DRAM at 27–40% of peak on the short layers, 58% on gate/up and 71% on the LM head.
-Four ways around it lost on an H200 that day: a persistent form with Triton's software pipeliner
-(``cp.async``, 2–3 stages) was 15–50% slower per layer; the K loop pipelined the same way (``tl.range``
-with ``num_stages``; a plain ``range`` is not pipelined, whatever the launch's ``num_stages``) won
-4% on the down projection alone but made the whole step 7% slower, since its loads no longer start
-before :func:`pdl_wait`; products in fp16 pairs through inline PTX (16% fewer instructions) left the
-step time unchanged; each program asking L2 for the next wave's weights was 0–25% slower. What is known to go further: tensor-core unpacking of weights
-pre-shuffled for the fragment layout (Frantar et al. 2024, Marlin).
+Four ways around it lost on an H200 that day:
+
+- a persistent form with Triton's software pipeliner (``cp.async``, 2–3 stages): 15–50% slower per
+  layer;
+- the K loop pipelined the same way (``tl.range`` with ``num_stages``; a plain ``range`` is not
+  pipelined, whatever the launch's ``num_stages``): 4% faster on the down projection alone, but the
+  whole step 7% slower, since its loads no longer start before :func:`pdl_wait`; with the wait moved
+  into the loop as inline PTX, so that the pipeliner issues the first steps' weights before it,
+  every layer was 37–58% slower (each short step's activations go through shared memory and
+  barriers);
+- products in fp16 pairs through inline PTX (16% fewer instructions): the step time unchanged;
+- each program asking L2 for the next wave's weights: 0–25% slower.
+
+What is known to go further: tensor-core unpacking of weights pre-shuffled for the fragment layout
+(Frantar et al. 2024, Marlin).
 """
 
 from __future__ import annotations
