@@ -12,7 +12,9 @@
 # Writes $OUT/quant-h200.json (copy it to data/results/) and logs. Budget: about 5 minutes (312 s on 2026-11-30, SWEEP_TIMEOUT=170;
 # the sweep and the checks took 93 s).
 # Separately (the 8-file limit on $OUT): python3 scripts/gpu/step_profile.py --out $OUT/quant-step-profile-h200.json
-# (about 20 s) splits one graphed 8B decode step into linear layers, other kernels and gaps.
+# (about 20 s) splits one graphed 8B decode step into linear layers, other kernels and gaps, and
+# python3 scripts/gpu/quant_ncu.py $OUT (about 20 s) records Nsight Compute's counters of the int4
+# one-row kernel per 8B layer ($OUT/quant-ncu-h200.json; why it is latency-bound).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/quant/*.whl 2>&1 | tail -2
