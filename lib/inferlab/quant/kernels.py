@@ -38,7 +38,7 @@ Nsight Compute on one cold launch per 8B layer (``scripts/gpu/quant_ncu.py``, PD
 data/results/quant-ncu-h200.json): the words a program holds take 168 registers, so at most 3
 warps per scheduler, of which 0.5–1.2 are ready to issue; the top stall is waiting on global
 memory; DRAM at 27–40% of peak on the short layers, 58% on gate/up and 71% on the LM head.
-Four ways around it lost on an H200 that day:
+Four ways around it lost on an H200 that day (data/results/quant-int4-variants-h200.json):
 
 - a persistent form with Triton's software pipeliner (``cp.async``, 2–3 stages): 15–50% slower per
   layer;
