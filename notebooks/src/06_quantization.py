@@ -430,22 +430,23 @@ if ncu is None:
     print("no counters recorded yet (data/results/quant-ncu-h200.json)")
 else:
     for r in ncu["layers"]:
-        stall = max((k for k in r["stalls_per_issue"] if k != "selected"), key=r["stalls_per_issue"].get)
+        stalls = sorted(((v, k) for k, v in r["stalls_per_issue"].items() if k != "selected"), reverse=True)[:2]
         print(f"{r['layer']:8s} {r['us']:5.1f} µs  DRAM {r['dram_pct_of_peak']:3.0f}% of peak  "
               f"{r['registers_per_thread']:3.0f} registers/thread  warps per scheduler: {r['warps_active_per_scheduler']:.1f}"
               f" resident, {r['warps_eligible_per_scheduler']:.1f} ready  issuing in {r['issue_active_pct']:2.0f}% of cycles"
-              f"  top stall: {stall} ({r['stalls_per_issue'][stall]:.1f} warps per issue)")
+              "  stalled warps per issue: " + ", ".join(f"{k} {v:.1f}" for v, k in stalls))
 
 # %% [markdown]
 # Each program keeps its whole weight tile in registers, so only a few programs fit on a
 # multiprocessor (the registers column) and, of the few warps resident, about one or fewer is
-# ready to issue: most wait on memory. The long layers (gate/up, the LM head) keep DRAM busier than
-# the short ones, which are over before the memory system is full. Making the arithmetic cheaper
-# does not fix that, nor does streaming the tile through shared memory if the loads then start
-# later: the kernel's docstring (`inferlab.quant.kernels`) lists four such rewrites that lost on
-# this GPU. Kernels that go further (Marlin, Frantar et al. 2024) keep loads in flight with
-# asynchronous copies *and* pre-arrange the weights so that the unpacked codes feed the tensor cores
-# directly.
+# ready to issue: most wait on memory ("long_scoreboard"). The two longest layers (gate/up, the LM
+# head) keep DRAM busiest; the short ones are over before the memory system fills, and the down
+# projection (its K split over programs, each taking more than one step) also waits at barriers.
+# Making the arithmetic cheaper does not fix that, nor does streaming the tile through shared
+# memory: the kernel's docstring (`inferlab.quant.kernels`) lists the rewrites that lost on this
+# GPU, with their timings in `data/results/quant-int4-variants-h200.json`. Kernels that go further
+# (Marlin, Frantar et al. 2024) keep loads in flight with asynchronous copies *and* pre-arrange the
+# weights so that the unpacked codes feed the tensor cores directly.
 
 # %% [markdown]
 # What the table teaches: a 4-bit format makes decoding faster only through a kernel that reads
