@@ -14,7 +14,11 @@
 # Separately (the 8-file limit on $OUT): python3 scripts/gpu/step_profile.py --out $OUT/quant-step-profile-h200.json
 # (about 20 s) splits one graphed 8B decode step into linear layers, other kernels and gaps, and
 # python3 scripts/gpu/quant_ncu.py $OUT (about 20 s) records Nsight Compute's counters of the int4
-# one-row kernel per 8B layer ($OUT/quant-ncu-h200.json; why it is latency-bound).
+# one-row kernel per 8B layer ($OUT/quant-ncu-h200.json; why it is latency-bound; with
+# INFERLAB_NCU_KERNEL=cuda the tensor-core kernel's, $OUT/quant-ncu-cuda-h200.json), and
+# python3 scripts/gpu/quant_cuda.py $OUT (about 40 s) checks and times that kernel (gemv_int4.cu)
+# per layer and in the 8B step beside the Triton one ($OUT/quant-cuda-h200.json; copy its
+# preferred_groups_per_warp into lib/inferlab/quant/tuned.json as "cuda-int4/N/K" rows).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/quant/*.whl 2>&1 | tail -2

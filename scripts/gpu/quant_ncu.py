@@ -10,7 +10,9 @@ instruction, and for each stall reason the average number of warps stalled on it
 instruction. Writes OUT_DIR/quant-ncu-<gpu>.json (default data/results/). About 15 s.
 
 Why: the int4 kernel reads its bytes more slowly than cuBLAS reads bf16, and these counters say
-whether it waits on memory, on issue, or on too few warps to hide either.
+whether it waits on memory, on issue, or on too few warps to hide either. With
+``INFERLAB_NCU_KERNEL=cuda`` it profiles the tensor-core kernel (``inferlab.quant.cuda_gemv``, its
+preferred groups per warp) instead and writes quant-ncu-cuda-<gpu>.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ METRICS = {
     "warp_instructions": "smsp__inst_executed.sum",
 }
 STALLS = r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"  # one metric per stall reason
+CUDA_KERNEL = os.environ.get("INFERLAB_NCU_KERNEL") == "cuda"  # profile gemv_int4.cu instead of the Triton kernel
 STALL_PREFIX, STALL_SUFFIX = "smsp__average_warps_issue_stalled_", "_per_issue_active.ratio"
 
 
@@ -46,25 +49,31 @@ def launch_layers() -> None:
     import quant_sweep as qs
     import torch
 
-    from inferlab.quant import kernels
+    from inferlab.quant import cuda_gemv, kernels
 
     shapes, runs = qs.layer_shapes("llama-3-8b"), []
     for layer in LAYERS:
         N, K = shapes[layer]
         tile = kernels._tile_for("int4", 1, N, K, qs.GROUP)  # what the engine would launch
         bufs, x = qs.buffers("int4", N, K), torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        if CUDA_KERNEL:  # the tensor-core kernel of inferlab.quant.cuda_gemv instead
+            gs = cuda_gemv.groups_per_warp(N, K, qs.GROUP)
+            tile = ("cuda", gs)
+            launch = lambda x=x, b=bufs, N=N, K=K, gs=gs: cuda_gemv.gemv_int4(x, *b, N, K, gs)  # noqa: E731
+        else:
+            launch = lambda x=x, b=bufs, N=N, K=K, t=tile: kernels.launch(x, *b, N, K, qs.GROUP, t)  # noqa: E731
         for _ in range(3):
-            kernels.launch(x, *bufs, N, K, qs.GROUP, tile)
-        runs.append((layer, x, bufs, N, K, tile))
+            launch()
+        runs.append((layer, launch, N, K, tile))
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")  # several times the L2
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()
-    for _, x, bufs, N, K, tile in runs:
+    for _, launch, *_ in runs:
         flush.zero_()
-        kernels.launch(x, *bufs, N, K, qs.GROUP, tile)
+        launch()
         torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
-    print("LAYERS " + json.dumps([{"layer": r[0], "N": r[3], "K": r[4], "tile": list(r[5])} for r in runs]), flush=True)
+    print("LAYERS " + json.dumps([{"layer": r[0], "N": r[2], "K": r[3], "tile": list(r[4])} for r in runs]), flush=True)
 
 
 def parse(stdout: str) -> list[dict]:
@@ -111,7 +120,7 @@ def main(argv: list[str]) -> int:
               f"{r['registers_per_thread']:.0f} registers  warps/scheduler {r['warps_active_per_scheduler']:.2f} active, "
               f"{r['warps_eligible_per_scheduler']:.2f} eligible  issuing {r['issue_active_pct']:.0f}% of cycles  "
               f"stalls per issue: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
-    path = save_result("quant-ncu", {
+    path = save_result("quant-ncu-cuda" if CUDA_KERNEL else "quant-ncu", {
         "method": "ncu --clock-control none, metrics of the raw page; one cold launch per layer (L2 flushed, PDL off) "
                   "of the int4 one-row gemv with its tuned tile (lib/inferlab/quant/tuned.json), groups of 128, "
                   "random codes", "layers": layers}, argv[0] if argv else None)
