@@ -287,7 +287,8 @@ else:
 # Live, on this machine: one decode step of the engine's model (the same model, its linears
 # swapped) in full precision, int8 and int4. On a CPU our layers take the reference path: they
 # unpack and dequantize the whole weight every step, so they are *slower*, even though they read
-# fewer bytes. On a GPU they run the Triton kernels, but this model's weights (the sizes printed
+# fewer bytes. On a GPU they run our kernels (Triton, and for int4 at batch 1 a CUDA tensor-core
+# kernel where nvcc can build it; see below), but this model's weights (the sizes printed
 # above) fit in the GPU's L2 cache, so its step is bound by kernel launches rather than by bytes:
 # expect the three to come out close. The recorded 8B rows below are where bytes decide. Median of
 # 30 steps, with the fastest and slowest beside it.
@@ -310,8 +311,9 @@ for variant in ("full", "int8", "int4"):
 # On an H200 (recorded with `python -m inferlab.bench quant` by `scripts/gpu/quant.sh`): random
 # weights in Llama-3-8B and Llama-3.2-1B shapes, one decode step of the engine (its paged KV
 # cache and attention kernel, its fused norm, RoPE and activation kernels; 128 tokens already
-# cached) captured as a CUDA graph, our int8 and int4 layers running a Triton
-# dequantize-matmul, and bitsandbytes' NF4 and LLM.int8() swapped into the same model.
+# cached) captured as a CUDA graph, our int8 and int4 layers running our dequantize-matmul kernels
+# (int4 at batch 1: the CUDA tensor-core kernel described below; otherwise Triton), and
+# bitsandbytes' NF4 and LLM.int8() swapped into the same model.
 
 # %%
 h200 = load_result("quant", "h200")
@@ -437,7 +439,7 @@ else:
               "  stalled warps per issue: " + ", ".join(f"{k} {v:.1f}" for v, k in stalls))
 
 # %% [markdown]
-# Each program keeps its whole weight tile in registers, so only a few programs fit on a
+# These are the counters of the Triton int4 kernel. Each program keeps its whole weight tile in registers, so only a few programs fit on a
 # multiprocessor (the registers column) and, of the few warps resident, about one or fewer is
 # ready to issue: most wait on memory ("long_scoreboard"). The two longest layers (gate/up, the LM
 # head) keep DRAM busiest; the short ones are over before the memory system fills, and the down
@@ -447,16 +449,55 @@ else:
 # GPU, with their timings in `data/results/quant-int4-variants-h200.json`. Kernels that go further
 # (Marlin, Frantar et al. 2024) keep loads in flight with asynchronous copies *and* pre-arrange the
 # weights so that the unpacked codes feed the tensor cores directly.
+#
+# We took the second half of that idea (`lib/inferlab/quant/gemv_int4.cu`, built with nvcc on first
+# use by `inferlab.quant.cuda_gemv`). A warp hands 16 weight rows to the tensor cores' `mma`
+# instruction as its first operand and the activation as the second, whose 8 columns all hold the
+# same vector: 7/8 of the multiply is wasted, and it does not matter, since the multiplies were never
+# the cost. What remains per code is the unpacking: write two codes into the mantissas of a pair of
+# bf16 128s (one AND-OR), subtract the zero point (one packed add), and that pair *is* the operand.
+# No weight shuffle is needed, because a dot product may visit K in any order as long as both
+# operands agree. The same counters, and the same 8B step with each int4 kernel:
+
+# %%
+ncu_cuda = load_result("quant-ncu-cuda", "h200")
+steps = load_result("quant-cuda", "h200")
+if ncu_cuda is None or steps is None:
+    print("no record of the CUDA kernel yet (data/results/quant-ncu-cuda-h200.json, quant-cuda-h200.json)")
+else:
+    triton_rows = {r["layer"]: r for r in (ncu or {"layers": []})["layers"]}
+    for r in ncu_cuda["layers"]:
+        tri = triton_rows.get(r["layer"], {})
+        print(f"{r['layer']:8s} {r['us']:5.1f} µs (Triton {tri.get('us', float('nan')):5.1f})  "
+              f"DRAM {r['dram_pct_of_peak']:3.0f}% of peak (Triton {tri.get('dram_pct_of_peak', float('nan')):3.0f}%)  "
+              f"{r['instructions_per_code']:.1f} instructions per code (Triton {tri.get('instructions_per_code', float('nan')):.1f})  "
+              f"{r['registers_per_thread']:3.0f} registers")
+    timed = [r for r in steps["steps"] if "step_us" in r]
+    for name, kernel in (("bf16", "cublas"), ("int4", "triton"), ("int4", "cuda")):
+        us = [r["step_us"] for r in timed if r["variant"] == name and r["kernel"] == kernel]
+        print(f"8B batch-1 step, {name} ({kernel}): {min(us):6.0f}–{max(us):6.0f} µs over {len(us)} runs")
+
+# %% [markdown]
+# Fewer instructions per code let the kernel issue its work between loads, and the large layers now
+# keep DRAM busier; the step gains more than the layers alone suggest, because under PDL the
+# weights of the next layer are requested while the small kernels before it run. The short layers
+# (q/k/v, o) are still over before the memory system fills: a 12 MB read is a few microseconds
+# however it is done. Two bugs found on the way are worth knowing. Under PDL a kernel can start
+# while the kernel *before the previous one* is still reading through the same L1 cache, so a
+# read-only-cache load (`ld.global.nc`) of the activation returned stale bytes, but only in the
+# CUDA graph, where kernels overlap: the graphed logits were 60% off while every layer tested
+# alone was right. And the compiler moved read-only-cache loads of the weights to after the wait
+# for the previous kernel, which undid the point of loading them early.
 
 # %% [markdown]
 # What the table teaches: a 4-bit format makes decoding faster only through a kernel that reads
 # the packed weights and does the arithmetic well, and only while the step is bound by weight
 # bytes. Our int8 kernel reads its bytes about as fast as cuBLAS reads bf16, so it takes about
-# half the time per layer. Our int4 kernel reads a quarter of bf16's bytes, but at a lower rate
-# (the lines above): every code still costs an AND and a multiply-add, a program can issue them
-# only once its loads arrive, too few programs fit on a multiprocessor (each needs many
-# registers) to keep other loads in flight meanwhile, and the small layers are too short to fill
-# the memory system. Whole steps gain less than the layers do, because attention, norms and the
+# half the time per layer. Our int4 kernels read a quarter of bf16's bytes, but at a lower rate
+# (the lines above): every code still costs its unpacking (the Triton kernel also a multiply-add),
+# a warp can issue that only once its loads arrive, too few warps fit on a multiprocessor to keep
+# other loads in flight meanwhile, and the small layers are too short to fill the memory system.
+# Whole steps gain less than the layers do, because attention, norms and the
 # gaps between kernels take the same time in every format. At batch 32 a step does 32× the
 # arithmetic on the same bytes, and the lead shrinks or turns around: bitsandbytes' NF4 falls well
 # below bf16, and our int4 stays near bf16. At 32 rows our int4 kernel reads its bytes far more
