@@ -14,7 +14,7 @@ setup(
     packages=find_packages("lib") + DATA_PACKAGES,
     package_dir={"": "lib", "inferlab._data": "data"},
     package_data={
-        "inferlab.quant": ["tuned.json"],  # the dequantize-matmul tiles swept per GPU
+        "inferlab.quant": ["tuned.json", "gemv_int4.cu"],  # tiles swept per GPU; the CUDA kernel, built on first use
         "inferlab._data": [
             "models/*/*.json",
             "models/*/*.safetensors",
