@@ -30,9 +30,10 @@
 // kernel that writes it can still run when this one starts (a read-only-cache load of x made the
 // graphed step's logits wrong); and the weights through plain loads, since ptxas moves .nc loads
 // after griddepcontrol.wait. Variants that lost on an H200: a persistent form (blocks walking
-// tiles, the next tile's weights streamed during this one) was 30-50% slower on the large layers,
-// and K split over several blocks per tile (the last block adding their sums in a fixed order) never
-// won a layer and made the 8B step 5% slower (data/results/quant-cuda-split-h200.json).
+// tiles, the next tile's weights streamed during this one) was 30-50% slower on the large layers;
+// K split over several blocks per tile (the last block adding their sums in a fixed order) never
+// won a layer and made the 8B step 5% slower; taking the zero point out with each group's sum of x
+// (10% fewer instructions) was no faster. The last two are in data/results/quant-cuda-variants-h200.json.
 
 #include <cuda_runtime.h>
 #include <stdint.h>
