@@ -33,6 +33,20 @@ def test_only_group_128_and_a_default_for_every_llama_shape():
         assert cuda_gemv.groups_per_warp(N, K, 128) in cuda_gemv.GROUPS_PER_WARP
 
 
+def test_the_swept_choice_is_used_where_it_fits_and_new_rows_replace_old_choices(monkeypatch):
+    monkeypatch.setattr(kernels, "_STATE", {"rows": {}})  # this GPU's tuned.json rows: none
+    kernels._cuda_groups.cache_clear()
+    assert kernels._cuda_groups(4096, 14336, 128) == 8  # the first default that fits
+    kernels.set_tuned_rows({"cuda-int4/4096/14336": 16, "cuda-int4/4096/4096": 32})
+    assert kernels._cuda_groups(4096, 14336, 128) == 16
+    assert kernels._cuda_groups(4096, 4096, 128) == 4  # 32 groups per warp is no choice: the default
+    kernels.set_tuned_rows({"int4/1/4096/4096": ["gemv", 1, 8, 2048, 4, 1, 1]})
+    assert kernels._tile_for("int4", 1, 4096, 4096, 128) == kernels.Tile("gemv", 1, 8, 2048, 4, 1, 1)
+    assert kernels._cuda_groups(4096, 14336, 128) == 16  # earlier rows kept
+    monkeypatch.undo()
+    kernels.set_tuned_rows({})  # forget the choices made from the test's rows
+
+
 @pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
 def test_without_cuda_it_says_why_and_the_layer_falls_back():
     assert not cuda_gemv.available()

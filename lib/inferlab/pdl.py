@@ -13,6 +13,10 @@ The rules every kernel here follows, so that correctness never depends on timing
 
 - each program waits unconditionally, before it reads anything an earlier kernel wrote and before
   any store or atomic; only read-only data (weights) is loaded before the wait;
+- what an earlier kernel wrote is read through coherent loads, never the read-only cache
+  (``ld.global.nc``): a kernel can start while an older one still reads through the same L1, and
+  in a CUDA graph that memory may hold the new activation, so a non-coherent load can return the
+  old bytes (it did, in a first version of ``quant/gemv_int4.cu``: graphed logits 60% off);
 - a kernel of many blocks (a linear layer, :func:`pdl_wait`) lets the next one launch only after
   its own wait, so the chain of early launches stops at every linear layer;
 - a kernel of a few blocks (a norm, RoPE, the KV store, attention, :func:`pdl_launch_then_wait`)
@@ -26,7 +30,9 @@ blocks off the GPU. Kernels launched without the attribute (PyTorch's, cuBLAS's)
 usual.
 
 Who uses it: the engine's fused norm/RoPE/activation kernels, the paged KV store and decode
-attention, and the one-row int8/int4 gemv kernels of :mod:`inferlab.quant.kernels`. The
+attention, the one-row int8/int4 gemv kernels of :mod:`inferlab.quant.kernels`, and the CUDA
+tensor-core int4 kernel of :mod:`inferlab.quant.cuda_gemv` (the same rules in inline PTX, launched
+through ``cudaLaunchKernelEx``; :func:`enabled` decides for it too). The
 tensor-core kernels for 2–64 rows do not: they have nothing to load before the wait, and with PDL
 the batch-32 steps of the H200 record got slower (data/results/quant-pdl-ablation-h200.json). On
 an H200 the graphed Llama-3-8B-shaped batch-1 decode step went from 2.46 to 2.13 ms in int4 and from

@@ -109,7 +109,7 @@ def engine_steps(preferred: dict) -> list[dict]:
                          num_kv_blocks=16)
     steps = {"bf16": EngineStep(runner, 1, CONTEXT, runner.model)}
     steps["int4"] = EngineStep(runner, 1, CONTEXT, make_variant(runner.model, "int4"))
-    cuda_gemv.preferred().update(preferred)
+    kernels.set_tuned_rows({f"cuda-int4/{n}/{k}": gs for (n, k), gs in preferred.items()})
     rows = [layer_by_layer(steps["int4"])]
     eager = {}
     for kernel in ("triton", "cuda"):

@@ -57,7 +57,7 @@ def launch_layers() -> None:
         tile = kernels._tile_for("int4", 1, N, K, qs.GROUP)  # what the engine would launch
         bufs, x = qs.buffers("int4", N, K), torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         if CUDA_KERNEL:  # the tensor-core kernel of inferlab.quant.cuda_gemv instead
-            gs = cuda_gemv.groups_per_warp(N, K, qs.GROUP)
+            gs = kernels._cuda_groups(N, K, qs.GROUP)  # what the engine would launch
             tile = ("cuda", gs)
             launch = lambda x=x, b=bufs, N=N, K=K, gs=gs: cuda_gemv.gemv_int4(x, *b, N, K, gs)  # noqa: E731
         else:

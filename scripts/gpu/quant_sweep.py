@@ -197,10 +197,8 @@ def save(out_dir: Path, rows: list) -> dict:
                                 "method": "CUDA graph of one launch per weight copy (copies >= 256 MB in all), "
                                           "median of 5 replays; the one-row kernels launch with programmatic "
                                           "dependent launch (inferlab.pdl)", "tuned": tuned, "rows": rows}, out_dir)
-    name = torch.cuda.get_device_name()
-    kept = json.loads(kernels.TUNED.read_text()).get(name, {}) if kernels.TUNED.is_file() else {}
-    cuda_rows = {k: v for k, v in kept.items() if k.startswith("cuda-int4/")}  # scripts/gpu/quant_cuda.py's
-    (out_dir / "tuned.json").write_text(json.dumps({name: {**tuned, **cuda_rows}}, indent=1))
+    cuda_rows = {k: v for k, v in kernels._gpu_rows().items() if k.startswith("cuda-int4/")}  # quant_cuda.py's
+    (out_dir / "tuned.json").write_text(json.dumps({torch.cuda.get_device_name(): {**tuned, **cuda_rows}}, indent=1))
     return tuned
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -31,7 +30,6 @@ import torch
 from inferlab import pdl
 
 SOURCE = Path(__file__).with_name("gemv_int4.cu")
-TUNED = Path(__file__).with_name("tuned.json")
 GROUP = 128  # the only group size the kernel takes (a lane owns a quarter of a group's 16 words)
 ROWS = 16  # output rows per block (the MMA's A rows)
 MAX_K = 24576  # a block stages its K activations in shared memory (48 KB at most without opting in)
@@ -118,28 +116,14 @@ def unavailable_reason() -> str | None:
     return _STATE["why"]
 
 
-def preferred() -> dict[tuple[int, int], int]:
-    """``(N, K) -> groups per warp`` measured fastest on this GPU (``cuda-int4/N/K`` rows of
-    ``tuned.json``, from ``scripts/gpu/quant_cuda.py``); a caller may add to it."""
-    if "preferred" not in _STATE:
-        table = {}
-        if torch.cuda.is_available() and TUNED.is_file():
-            rows = json.loads(TUNED.read_text()).get(torch.cuda.get_device_name(), {})
-            for key, gs in rows.items():
-                if key.startswith("cuda-int4/"):
-                    _, n, k = key.split("/")
-                    table[(int(n), int(k))] = int(gs)
-        _STATE["preferred"] = table
-    return _STATE["preferred"]
-
-
 def groups_per_warp(N: int, K: int, group: int, gs: int | None = None) -> int | None:
-    """The groups per warp for a layer (``gs``, else :func:`preferred`'s, else the first of
-    :data:`GROUPS_PER_WARP` that fits), or None when the kernel does not take the shape: group 128,
-    ``N`` a multiple of 16, ``K`` a whole number of at most :data:`MAX_WARPS` warps' groups."""
+    """The groups per warp for a layer (``gs``, else the first of :data:`GROUPS_PER_WARP` that fits),
+    or None when the kernel does not take the shape: group 128, ``N`` a multiple of 16, ``K`` a whole
+    number of at most :data:`MAX_WARPS` warps' groups. The swept choice per shape is
+    :mod:`inferlab.quant.kernels`' (``cuda-int4`` rows of ``tuned.json``)."""
     if group != GROUP or N % ROWS or K > MAX_K:
         return None
-    for g in (gs,) if gs else (preferred().get((N, K)), *GROUPS_PER_WARP):
+    for g in (gs,) if gs else GROUPS_PER_WARP:
         if g in MAX_WARPS and K % (GROUP * g) == 0 and K // (GROUP * g) <= MAX_WARPS[g]:
             return g
     return None

@@ -315,14 +315,29 @@ def _kernels():
 
 
 # ------------------------------------------------------------------ choosing a tile
-def _tuned_table() -> dict:
-    """This GPU's rows of ``tuned.json`` (``{"fmt/rows/N/K": Tile, "fmt/rows": Tile}``), or {}."""
-    if "table" not in _STATE:
+def _gpu_rows() -> dict:
+    """This GPU's rows of ``tuned.json`` as stored, or {} (read once)."""
+    if "rows" not in _STATE:
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-        rows = json.loads(TUNED.read_text()).get(name, {}) if TUNED.is_file() else {}
-        _STATE["table"] = {key: Tile(*tile) for key, tile in rows.items()
+        _STATE["rows"] = json.loads(TUNED.read_text()).get(name, {}) if TUNED.is_file() else {}
+    return _STATE["rows"]
+
+
+def _tuned_table() -> dict:
+    """The Triton tiles among this GPU's rows (``{"fmt/rows/N/K": Tile, "fmt/rows": Tile}``), or {}."""
+    if "table" not in _STATE:
+        _STATE["table"] = {key: Tile(*tile) for key, tile in _gpu_rows().items()
                            if isinstance(tile, list) and tile[0] in ("gemv", "dot")}
     return _STATE["table"]
+
+
+def set_tuned_rows(rows: dict) -> None:
+    """Use ``rows`` (``tuned.json``'s form) on top of this GPU's stored ones from now on, e.g. a
+    sweep's fresh results; every choice made from the old ones is forgotten."""
+    _STATE["rows"] = {**_gpu_rows(), **rows}
+    _STATE.pop("table", None)
+    _tile_for.cache_clear()
+    _cuda_groups.cache_clear()
 
 
 def row_bucket(M: int) -> int:
@@ -411,13 +426,25 @@ def _tile_for(fmt: str, bucket: int, N: int, K: int, group: int) -> Tile | None:
     return next((t for t in (tile._replace(bk=bk) for bk in steps) if fits(t, K, group)), None)
 
 
+@functools.cache
+def _cuda_groups(N: int, K: int, group: int) -> int | None:
+    """Groups per warp of the tensor-core int4 kernel for one row of this shape: this GPU's
+    ``cuda-int4/N/K`` row of ``tuned.json`` (``scripts/gpu/quant_cuda.py``) where it fits, else
+    :func:`~inferlab.quant.cuda_gemv.groups_per_warp`'s default; None where the kernel does not take
+    the shape. Once per shape."""
+    swept = _gpu_rows().get(f"cuda-int4/{N}/{K}")
+    if swept and cuda_gemv.groups_per_warp(N, K, group, swept):
+        return swept
+    return cuda_gemv.groups_per_warp(N, K, group)
+
+
 def _run(x, layer, fmt: str, group: int) -> torch.Tensor | None:
     x2 = _rows(x)
     if x2 is None:
         return None
     N, K = layer.out_features, layer.in_features
     if fmt == "int4" and x2.shape[0] == 1 and cuda_gemv.available():
-        gs = cuda_gemv.groups_per_warp(N, K, group)
+        gs = _cuda_groups(N, K, group)
         if gs is not None:
             return cuda_gemv.gemv_int4(x2, layer.qweight, layer.scales, layer.zeros, N, K, gs).view(*x.shape[:-1], N)
     tile = _tile_for(fmt, row_bucket(x2.shape[0]), N, K, group)
