@@ -68,15 +68,20 @@ def check_case(seed: int, num_seqs: int, group: int, max_ctx: int, block_size: i
     ctx_d, qlens_d = ctx.to(device), qlens.to(device)
     bt32, ctx32 = bt.clamp_min(0).int(), ctx_d.int()
     errors = {}
-    got = pt.paged_decode(q_dec, kc, vc, bt32, ctx32)
-    errors["decode"] = _err(got, ref.paged_attention(q_dec.float(), kc.float(), vc.float(), bt, ctx_d))
+    want = ref.paged_attention(q_dec.float(), kc.float(), vc.float(), bt, ctx_d)
+    errors["decode"] = _err(pt.paged_decode(q_dec, kc, vc, bt32, ctx32), want)
+    # short slices: most contexts span several, so the last program of each group merges them
+    merged = pt.paged_decode(q_dec, kc, vc, bt32, ctx32, num_splits=7, min_split_tokens=1)
+    errors["decode"] = max(errors["decode"], _err(merged, want))
+    errors["counters_reset"] = int(pt._COUNTERS[str(q_dec.device)].abs().sum()) == 0
     cu = torch.cat([torch.zeros(1, dtype=torch.long), qlens.cumsum(0)]).to(device).int()
     got = pt.paged_prefill(q_pre, kc, vc, bt32, cu, ctx32, int(qlens.max()))
     want = ref.paged_attention_prefill(q_pre.float(), kc.float(), vc.float(), bt, ctx_d, qlens_d)
     errors["prefill"] = _err(got, want)
     errors["store_exact"] = _store_is_exact(kc, vc, device, dtype)
     return {"case": [seed, num_seqs, group, max_ctx, block_size, str(dtype)], "errors": errors,
-            "ok": max(errors["decode"], errors["prefill"]) <= TOL[dtype] and errors["store_exact"]}
+            "ok": max(errors["decode"], errors["prefill"]) <= TOL[dtype] and errors["store_exact"]
+            and errors["counters_reset"]}
 
 
 def _err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -142,9 +147,34 @@ def test_decode_splits_give_the_same_answer():
 
     kc, vc, tables, ctx, _, q, _ = random_case(0, 3, 4, 3000, 16, device="cuda")
     bt = ref.block_tables_tensor(tables, "cuda").clamp_min(0).int()
-    outs = [pt.paged_decode(q, kc, vc, bt, ctx.cuda().int(), num_splits=s) for s in (1, 7, 32)]
+    ctx[1] = 0  # a padding row: zeros
+    outs = [pt.paged_decode(q, kc, vc, bt, ctx.cuda().int(), num_splits=s, min_split_tokens=m)
+            for s in (1, 7, 32) for m in (1, 64, 256, 4096)]
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=1e-5)
+    assert not outs[0][1].any()
+    assert not pt._COUNTERS["cuda:0"].any()
+
+
+@cuda
+@pytest.mark.gpu
+def test_decode_merges_again_on_every_graph_replay():
+    """The split counters are reset by the program that merges, so each replay (new queries, longer
+    contexts, one slice or many) gives the eager answer."""
+    from inferlab.attention import paged_triton as pt
+    from inferlab.device import capture_cuda_graph_output
+
+    kc, vc, tables, ctx, _, q, _ = random_case(1, 4, 4, 3000, 16, device="cuda")
+    bt = ref.block_tables_tensor(tables, "cuda").clamp_min(0).int()
+    q_in, ctx_in = q.clone(), (ctx // 2).cuda().int()
+    graph, out = capture_cuda_graph_output(lambda: pt.paged_decode(q_in, kc, vc, bt, ctx_in, num_splits=32))
+    for step in range(4):
+        q_in.copy_(torch.randn_like(q))
+        ctx_in.copy_(torch.minimum(torch.tensor([3000, 1, 200, 1500 + step]), ctx) if step % 2 else ctx // (step + 2))
+        graph.replay()
+        want = pt.paged_decode(q_in, kc, vc, bt, ctx_in, num_splits=32)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        assert not pt._COUNTERS["cuda:0"].any()
 
 
 # ------------------------------------------------------------------ CPU: Triton's interpreter

@@ -8,16 +8,17 @@ row ``s % block_size``):
   a token (CUDA-graph padding rows).
 - :func:`paged_decode`: one query per sequence (PagedAttention, Kwon et al., SOSP 2023). Each program
   serves *all* query heads of one KV head (grouped-query attention, Ainslie et al. 2023, in the kernel:
-  the K/V tile is read once for the whole group) over one slice of the context; the slices' partial
-  softmaxes are merged by a second small kernel (split-K, "Flash-Decoding", Dao et al. 2023), so a
-  few long sequences still fill every SM.
+  the K/V tile is read once for the whole group) over one slice of the context, so a few long
+  sequences still fill every SM (split-K, "Flash-Decoding", Dao et al. 2023). The slices' partial
+  softmaxes are merged by whichever program of the group finishes last (a counter per group), not
+  by a second kernel; a context short enough for one slice skips the merge.
 - :func:`paged_prefill`: prompts, prompt chunks and decode rows of a mixed step, packed, in one launch
   (``cu_seqlens_q``, as FlashAttention's varlen API): query ``j`` of a sequence with ``ctx`` cached
   tokens and ``n`` queries sits at position ``ctx - n + j`` and attends to keys ``0..ctx-n+j``, read
   through the block table (chunked prefill and prefix-cache hits need no special case).
 
 Every softmax runs online in float32 (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022).
-The store, decode and merge kernels launch with programmatic dependent launch on Hopper GPUs
+The store and decode kernels launch with programmatic dependent launch on Hopper GPUs
 (:mod:`inferlab.pdl`), so a decode step's chain of small kernels does not pay each launch in full.
 On CPU tensors the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` was set
 before triton was imported (slow; for tests and CI).
@@ -36,7 +37,11 @@ from inferlab.pdl import launch_options, pdl_launch_then_wait
 
 __all__ = ["attend", "paged_decode", "paged_prefill", "store_kv", "decode_splits"]
 
-MAX_SPLITS = 32  # split-K slices at most (one compiled merge kernel for every count)
+MAX_SPLITS = 32  # split-K slices at most
+# keys per slice at least. On an H200 (data/results/decode-merge-h200.json) one 64-key tile per slice
+# beat 128-1024 at every batch and context but one, and in the 8B step: at short contexts two
+# slices in parallel and a merge beat one program walking both tiles after each other
+MIN_SPLIT_TOKENS = 64
 
 try:  # optional: kernel bodies refer to ``tl`` as a module global, as Triton requires
     import triton
@@ -93,22 +98,31 @@ def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.con
 
 
 @_jit
-def _decode_kernel(Q, KC, VC, Tables, Lens, OPart, MPart, scale, num_splits, sqb, sqh, skb, sks, skh, svb, svs, svh,
-                   stb, sob, soh, sos, smb, smh, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, scale, num_splits, min_split, num_kv_heads,
+                   sqb, sqh, skb, sks, skh, svb, svs, svh, stb, sutb, suth, sob, soh, sos, smb, smh,
+                   GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
-    """Program (sequence, KV head, split): every query head of the group over one slice of the context."""
+    """Program (sequence, KV head, split): every query head of the group over one slice of the context.
+
+    The slices are sized from the context on the device (a CUDA graph fixes only their number), at
+    least ``min_split`` keys each; past the context a slice does nothing, and a context of one slice
+    is written out directly. Slices that share a context each store a partial softmax and count in;
+    the last to arrive merges them, so no second kernel runs.
+    """
     pdl_launch_then_wait(PDL)
     b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ctx = tl.load(Lens + b)
-    per_split = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.maximum(tl.cdiv(ctx, num_splits), min_split), BLOCK_N) * BLOCK_N
+    busy = tl.cdiv(ctx, per_split)  # slices that hold keys (0 for a padding row)
     lo = split * per_split
-    hi = tl.minimum(lo + per_split, ctx)
+    hi = tl.minimum(lo + per_split, ctx)  # an empty range past the context
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     heads = kvh * GROUP + g
     g_ok, d_ok = g < GROUP, d < HEAD_DIM
-    q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+    gd_ok = g_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=gd_ok, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
@@ -120,28 +134,51 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, OPart, MPart, scale, num_splits, sqb
         m_i, l_i, acc = _attend_tile(q, KC, VC, Tables + b * stb, n, n_ok, n_ok[None, :], d, d_ok, kvh, m_i, l_i,
                                      acc, scale, skb, sks, skh, svb, svs, svh, BLOCK_SIZE, IEEE, UPCAST)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tl.store(OPart + b * sob + heads[:, None] * soh + split * sos + d[None, :], out, mask=g_ok[:, None] & d_ok[None, :])
-    tl.store(MPart + b * smb + heads * smh + split * 2, m_i, mask=g_ok)
-    tl.store(MPart + b * smb + heads * smh + split * 2 + 1, l_i, mask=g_ok)
+    out_ptrs = Out + b * sutb + heads[:, None] * suth + d[None, :]
+    if busy <= 1:
+        if split == 0:  # the only slice (or a padding row's zeros): no merge
+            tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=gd_ok)
+    elif split < busy:
+        m_ptrs = MPart + b * smb + heads * smh
+        o_ptrs = OPart + b * sob + heads[:, None] * soh + d[None, :]
+        tl.store(o_ptrs + split * sos, out, mask=gd_ok)
+        tl.store(m_ptrs + split * 2, m_i, mask=g_ok)
+        tl.store(m_ptrs + split * 2 + 1, l_i, mask=g_ok)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        counter = Counters + b * num_kv_heads + kvh
+        if tl.atomic_add(counter, 1, sem="acq_rel") == busy - 1:
+            _merge_splits(o_ptrs, m_ptrs, out_ptrs, busy, sos, g_ok, d_ok, BLOCK_G, BLOCK_D, BLOCK_S, MERGE_CHUNK)
+            tl.atomic_xchg(counter, 0)  # the next call and CUDA-graph replays start at 0
 
 
 @_jit
-def _reduce_kernel(OPart, MPart, Out, num_splits, sob, soh, sos, smb, smh, sutb, suth, HEAD_DIM: tl.constexpr,
-                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    """Merge the splits' partial softmaxes of one (sequence, head), each weighted by exp(m - max m) * l."""
-    pdl_launch_then_wait(PDL)
-    b, h = tl.program_id(0), tl.program_id(1)
+def _merge_splits(o_ptrs, m_ptrs, out_ptrs, busy, sos, g_ok, d_ok, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
+    """Merge ``busy`` partial softmaxes of a head group, each weighted by exp(m - max m) * l.
+
+    ``CHUNK`` slices' outputs are loaded at once (the loads overlap rather than queue), through L2
+    (``.cg``): the other programs wrote them, and this SM's L1 may hold stale lines.
+    """
     s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    s_ok, d_ok = s < num_splits, d < HEAD_DIM
-    m_s = tl.load(MPart + b * smb + h * smh + s * 2, mask=s_ok, other=float("-inf"))
-    l_s = tl.load(MPart + b * smb + h * smh + s * 2 + 1, mask=s_ok, other=0.0)
-    m_max = tl.max(m_s, 0)
-    w = tl.where(l_s > 0.0, tl.exp(m_s - m_max) * l_s, 0.0)
-    o = tl.load(OPart + b * sob + h * soh + s[:, None] * sos + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    total = tl.sum(w, 0)
-    out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(Out + b * sutb + h * suth + d, out.to(Out.dtype.element_ty), mask=d_ok)
+    m_s = tl.load(m_ptrs[:, None] + s[None, :] * 2, mask=g_ok[:, None] & (s < busy)[None, :], other=float("-inf"),
+                  cache_modifier=".cg")
+    m_max = tl.max(m_s, 1)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # a padding head of the group: no key anywhere
+    c = tl.arange(0, CHUNK)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    total = tl.zeros([BLOCK_G], tl.float32)
+    for first in range(0, busy, CHUNK):
+        gc_ok = g_ok[:, None] & (first + c < busy)[None, :]
+        at = m_ptrs[:, None] + (first + c)[None, :] * 2
+        m_c = tl.load(at, mask=gc_ok, other=float("-inf"), cache_modifier=".cg")
+        l_c = tl.load(at + 1, mask=gc_ok, other=0.0, cache_modifier=".cg")
+        w = tl.where(l_c > 0.0, tl.exp(m_c - m_max[:, None]) * l_c, 0.0)  # [G, CHUNK]
+        o = tl.load(o_ptrs[:, None, :] + (first + c)[None, :, None] * sos, mask=gc_ok[:, :, None] & d_ok[None, None, :],
+                    other=0.0, cache_modifier=".cg")  # [G, CHUNK, D]
+        acc += tl.sum(o * w[:, :, None], 1)
+        total += tl.sum(w, 1)
+    out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
+    tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
 
 
 @_jit
@@ -215,22 +252,24 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 def decode_splits(num_seqs: int, num_kv_heads: int, max_context: int | None = None, sms: int = 132) -> int:
     """How many context slices per (sequence, KV head): enough programs to fill the GPU twice over.
 
-    With a fixed count (what a CUDA graph needs) slices past a short context are empty and exit at once.
+    With a fixed count (what a CUDA graph needs) the kernel still sizes the slices from each context
+    (at least :data:`MIN_SPLIT_TOKENS` keys), and slices past a short context exit at once.
     """
     splits = max(1, min(MAX_SPLITS, cdiv(2 * sms, max(1, num_seqs * num_kv_heads))))
     if max_context is not None:
-        splits = min(splits, max(1, cdiv(max_context, 64)))
+        splits = min(splits, max(1, cdiv(max_context, MIN_SPLIT_TOKENS)))
     return splits
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, num_splits: int | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, min_split_tokens: int | None = None) -> torch.Tensor:
     """Decode attention, the same contract as :func:`inferlab.attention.paged.paged_attention`.
 
     q ``[seqs, q_heads, d]``; caches ``[blocks, block_size, kv_heads, d]``; block_tables ``[seqs, max_blocks]``
     (int32 or int64, entries past a context are not read); context_lens ``[seqs]``. A sequence with
-    context 0 (a padding row) gets zeros. Split-K over ``num_splits`` slices (default: :func:`decode_splits`).
+    context 0 (a padding row) gets zeros. Split-K over at most ``num_splits`` slices (default:
+    :func:`decode_splits`) of at least ``min_split_tokens`` keys (default :data:`MIN_SPLIT_TOKENS`).
     """
     _check(q)
     b, hq, d = q.shape
@@ -238,22 +277,43 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     group = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     splits = num_splits or decode_splits(b, hkv, None if q.is_cuda else int(context_lens.max()))
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits={splits}: the decode kernel takes 1 to {MAX_SPLITS} slices")
+    min_split = MIN_SPLIT_TOKENS if min_split_tokens is None else min_split_tokens
+    if min_split < 1:
+        raise ValueError(f"min_split_tokens={min_split}: a slice needs at least one key")
     out = torch.empty_like(q) if out is None else out
     if b == 0:
         return out
     block_d = _pow2(d)
     o_part = torch.empty(b, hq, splits, block_d, dtype=torch.float32, device=q.device)
     m_part = torch.empty(b, hq, splits, 2, dtype=torch.float32, device=q.device)
-    cfg = {"num_warps": 4, "num_stages": 2} if q.is_cuda else {}
-    pdl = launch_options(q)
+    counters = _split_counters(q.device, b * hkv)
+    cfg = {"num_warps": 4, "num_stages": 2, "BLOCK_N": 64} if q.is_cuda else {"BLOCK_N": 16}
     _decode_kernel[(b, hkv, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, o_part, m_part, scale, splits, q.stride(0), q.stride(1),
-        *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0), *o_part.stride()[:3],
-        *m_part.stride()[:2], GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=d,
-        BLOCK_G=_pow2(group), BLOCK_N=64, BLOCK_D=block_d, IEEE=_ieee(q), UPCAST=_upcast(q), **cfg, **pdl)
-    _reduce_kernel[(b, hq)](o_part, m_part, out, splits, *o_part.stride()[:3], *m_part.stride()[:2], out.stride(0),
-                            out.stride(1), HEAD_DIM=d, BLOCK_S=MAX_SPLITS, BLOCK_D=block_d, **pdl)
+        q, k_cache, v_cache, block_tables, context_lens, out, o_part, m_part, counters, scale, splits, min_split, hkv,
+        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
+        out.stride(0), out.stride(1), *o_part.stride()[:3], *m_part.stride()[:2], GROUP=group,
+        BLOCK_SIZE=block_size, HEAD_DIM=d, BLOCK_G=_pow2(group), BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, MERGE_CHUNK=8,
+        IEEE=_ieee(q), UPCAST=_upcast(q), **cfg, **launch_options(q))
     return out
+
+
+_COUNTERS: dict[str, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (sequence, KV head), made once per device and shared by every
+    layer (decode kernels run one at a time; the last slice of each group resets its counter)."""
+    key = str(device)
+    if key not in _COUNTERS or _COUNTERS[key].numel() < n:
+        # memory taken from a CUDA graph's pool must not outlive the graph
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"paged_decode needs {n} split counters inside CUDA-graph capture but has "
+                               f"{_COUNTERS[key].numel() if key in _COUNTERS else 0}: run it once eagerly "
+                               "with this batch size before capturing (the counters are made then)")
+        _COUNTERS[key] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return _COUNTERS[key]
 
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
