@@ -74,14 +74,39 @@ def check_case(seed: int, num_seqs: int, group: int, max_ctx: int, block_size: i
     merged = pt.paged_decode(q_dec, kc, vc, bt32, ctx32, num_splits=7, min_split_tokens=1)
     errors["decode"] = max(errors["decode"], _err(merged, want))
     errors["counters_reset"] = int(pt._COUNTERS[str(q_dec.device)].abs().sum()) == 0
+    errors["decode_new_kv"], errors["new_kv_stored_exactly"] = _decode_with_new_kv(q_dec, kc, vc, tables, ctx, bt,
+                                                                                   device, dtype)
     cu = torch.cat([torch.zeros(1, dtype=torch.long), qlens.cumsum(0)]).to(device).int()
     got = pt.paged_prefill(q_pre, kc, vc, bt32, cu, ctx32, int(qlens.max()))
     want = ref.paged_attention_prefill(q_pre.float(), kc.float(), vc.float(), bt, ctx_d, qlens_d)
     errors["prefill"] = _err(got, want)
     errors["store_exact"] = _store_is_exact(kc, vc, device, dtype)
     return {"case": [seed, num_seqs, group, max_ctx, block_size, str(dtype)], "errors": errors,
-            "ok": max(errors["decode"], errors["prefill"]) <= TOL[dtype] and errors["store_exact"]
-            and errors["counters_reset"]}
+            "ok": max(errors["decode"], errors["decode_new_kv"], errors["prefill"]) <= TOL[dtype]
+            and errors["store_exact"] and errors["counters_reset"] and errors["new_kv_stored_exactly"]}
+
+
+def _decode_with_new_kv(q, k_cache, v_cache, tables, ctx, bt, device, dtype) -> tuple[float, bool]:
+    """``paged_decode(new_kv=...)``, which writes each sequence's newest K/V itself, against the
+    reference over caches written by ``write_slots``: the largest error (one slice and many), and
+    whether the kernel left the caches bit-identical to them."""
+    from inferlab.attention import paged_triton as pt
+    from inferlab.attention.paged import write_slots
+
+    bs = k_cache.shape[1]
+    slots = torch.tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, ctx.tolist(), strict=True)]).to(device)
+    k, v = (torch.randn(len(tables), *k_cache.shape[2:]).to(device, dtype) for _ in range(2))
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    write_slots(k, v, slots, want_k, want_v)
+    want = ref.paged_attention(q.float(), want_k.float(), want_v.float(), bt, ctx.to(device))
+    worst, exact = 0.0, True
+    for splits, min_split in ((None, None), (7, 1)):
+        got_k, got_v = k_cache.clone(), v_cache.clone()
+        out = pt.paged_decode(q, got_k, got_v, bt.clamp_min(0).int(), ctx.to(device).int(), num_splits=splits,
+                              min_split_tokens=min_split, new_kv=(k, v, slots))
+        worst = max(worst, _err(out, want))
+        exact = exact and torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    return worst, exact
 
 
 def _err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -158,6 +183,39 @@ def test_decode_splits_give_the_same_answer():
 
 @cuda
 @pytest.mark.gpu
+def test_decode_that_stores_the_new_kv_replays_as_store_then_decode():
+    """The graphed one-kernel decode step (K/V written by the decode kernel) against store_kv followed
+    by paged_decode, eagerly, over replays with new keys, values, slots and a padding row."""
+    from inferlab.attention import paged_triton as pt
+    from inferlab.device import capture_cuda_graph_output
+
+    kc, vc, tables, ctx, _, q, _ = random_case(2, 4, 4, 700, 16, dtype=torch.bfloat16, device="cuda")
+    bt = ref.block_tables_tensor(tables, "cuda").clamp_min(0).int()
+    k_in, v_in = (torch.zeros(4, *kc.shape[2:], dtype=kc.dtype, device="cuda") for _ in range(2))
+    q_in, ctx_in = q.clone(), ctx.cuda().int()
+    slots_in = torch.full((4,), -1, dtype=torch.long, device="cuda")  # the warm-up run before capture writes nothing
+    graph_k, graph_v = kc.clone(), vc.clone()
+    graph, out = capture_cuda_graph_output(lambda: pt.paged_decode(q_in, graph_k, graph_v, bt, ctx_in, num_splits=32,
+                                                                    new_kv=(k_in, v_in, slots_in)))
+    for step in range(3):
+        lens = torch.minimum(ctx, torch.tensor([5 + 300 * step, 1, 64 * (step + 1), 700]))
+        lens[3] = 0 if step == 1 else lens[3]  # a padding row: context 0, slot -1
+        slots = [t[(n - 1) // 16] * 16 + (n - 1) % 16 if n else -1 for t, n in zip(tables, lens.tolist(), strict=True)]
+        for x in (q_in, k_in, v_in):
+            x.copy_(torch.randn_like(x))
+        ctx_in.copy_(lens)
+        slots_in.copy_(torch.tensor(slots))
+        graph.replay()
+        pt.store_kv(k_in, v_in, kc, vc, slots_in)
+        want = pt.paged_decode(q_in, kc, vc, bt, ctx_in, num_splits=32)
+        torch.testing.assert_close(out, want, atol=2e-2, rtol=2e-2)
+        assert torch.equal(graph_k, kc) and torch.equal(graph_v, vc)
+        if step == 1:
+            assert not out[3].any()
+
+
+@cuda
+@pytest.mark.gpu
 def test_decode_merges_again_on_every_graph_replay():
     """The split counters are reset by the program that merges, so each replay (new queries, longer
     contexts, one slice or many) gives the eager answer."""
@@ -209,12 +267,13 @@ _RUNNER_SCRIPT = r"""
 import json, torch
 from inferlab.engine.model_runner import ChunkInput, ModelRunner
 ids = list(range(5, 45))
-table = list(range(19, 9, -1))  # scattered, reversed blocks
+table = list(range(19, 7, -1))  # scattered, reversed blocks
 out = {}
 for backend in ("sdpa", "triton"):
     r = ModelRunner("tiny", device="cpu", dtype=torch.float32, block_size=4, num_kv_blocks=20, attention_backend=backend)
     got = [r.execute([ChunkInput(ids[:30], 0, table)])[0], r.execute([ChunkInput(ids[30:37], 30, table)])[0]]
     got += [r.execute([ChunkInput([ids[p]], p, table), ChunkInput([7], 0, None, False)])[0] for p in range(37, 40)]
+    got += [r.execute([ChunkInput([ids[p - 40]], p, table)])[0] for p in range(40, 43)]  # decode only: one kernel
     out[backend] = torch.stack(got).tolist()
 diff = (torch.tensor(out["sdpa"]) - torch.tensor(out["triton"])).abs().max().item()
 print(json.dumps({"max_diff": diff}))

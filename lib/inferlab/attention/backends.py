@@ -2,10 +2,11 @@
 
 ``"auto"`` (the engine's default) resolves once, to ``triton`` on CUDA when triton is installed and
 to ``sdpa`` elsewhere. Every backend has the signature of :func:`inferlab.attention.sdpa.attend`:
-``attend(q, k, v, meta, k_cache, v_cache, scale) -> out`` (this step's K/V are already in the
-cache). A backend in :data:`TABLE_BACKENDS` reads block tables and lengths, and stores K/V with the
-module's own ``store_kv``; the others read gathered slot lists. Backends are imported only when chosen, so an optional dependency (Triton,
-flash-attn) is needed only by whoever picks that backend.
+``attend(q, k, v, meta, k_cache, v_cache, scale) -> out``. For most, this step's K/V are already in
+the cache (written through the slot lists); a backend in :data:`TABLE_BACKENDS` reads block
+tables and lengths and stores the K/V itself (the Triton decode kernel as it attends). Backends
+are imported only when chosen, so an optional dependency (Triton, flash-attn) is needed only by
+whoever picks that backend.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ BACKENDS: dict[str, str] = {
     "flash": "inferlab.attention.flash:attend",  # prefill through FlashAttention's tiles, decode through SDPA
 }
 
-TABLE_BACKENDS = {"triton"}  # read AttentionMetadata's block tables (and store through store_kv)
+TABLE_BACKENDS = {"triton"}  # read AttentionMetadata's block tables and store this step's K/V themselves
 
 
 def resolve_backend(name: str, device) -> str:
@@ -30,14 +31,6 @@ def resolve_backend(name: str, device) -> str:
     from inferlab.attention.flash_triton import triton_available
 
     return "triton" if str(device).startswith("cuda") and triton_available() else "sdpa"
-
-
-def get_store(name: str) -> Callable | None:
-    """The ``store_kv`` of a table backend (None for the others, which write through slot lists)."""
-    if name not in TABLE_BACKENDS:
-        return None
-    module = BACKENDS[name].partition(":")[0]
-    return import_module(module).store_kv
 
 
 def get_backend(name: str) -> Callable:

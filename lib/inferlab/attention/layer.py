@@ -1,8 +1,8 @@
 """``Attention``: the one attention module every model layer calls, with its backend chosen once.
 
-Stores this step's K/V into the paged cache through the step's slot mapping (a kernel backend's
-own ``store_kv``, else ``index_copy_``), then hands
-the queries to the backend picked at construction (:mod:`inferlab.attention.backends`).
+Stores this step's K/V into the paged cache through the step's slot lists (``index_copy_``; a
+kernel backend that reads block tables stores them itself), then hands the queries to the
+backend picked at construction (:mod:`inferlab.attention.backends`).
 The runner binds each layer's cache views (``k_cache``, ``v_cache``) once, as nano-vllm does,
 so the model's code never sees the cache layout.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from inferlab.attention.backends import get_backend, get_store
+from inferlab.attention.backends import TABLE_BACKENDS, get_backend
 from inferlab.attention.metadata import AttentionMetadata
 from inferlab.attention.paged import write_slots
 
@@ -27,15 +27,12 @@ class Attention(nn.Module):
         self.scale = scale  # None: 1/sqrt(head_dim), each backend's default
         self.backend = backend
         self.attend = get_backend(backend)
-        self.store = get_store(backend)
-        self.tables = self.store is not None  # reads block tables (kernels) rather than slot lists
+        self.tables = backend in TABLE_BACKENDS  # reads block tables and stores K/V itself (kernels)
         self.k_cache = self.v_cache = torch.empty(0)  # bound by the model runner
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q ``[tokens, heads, d]``, k/v ``[tokens, kv_heads, d]`` -> ``[tokens, heads, d]``."""
-        if self.store is not None:
-            self.store(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        elif meta.write_slots.numel():
+        if not self.tables and meta.write_slots.numel():
             tokens = meta.write_tokens
             write_slots(k.index_select(0, tokens), v.index_select(0, tokens), meta.write_slots, self.k_cache, self.v_cache)
         return self.attend(q, k, v, meta, self.k_cache, self.v_cache, self.scale)

@@ -98,9 +98,9 @@ def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.con
 
 
 @_jit
-def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, scale, num_splits, min_split, num_kv_heads,
-                   sqb, sqh, skb, sks, skh, svb, svs, svh, stb, sutb, suth, sob, soh, sos, smb, smh,
-                   GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
+def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, KNew, VNew, Slots, scale, num_splits,
+                   min_split, num_kv_heads, sqb, sqh, skb, sks, skh, svb, svs, svh, stb, sutb, suth, sob, soh, sos,
+                   smb, smh, sknb, sknh, svnb, svnh, NEW_KV: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
     """Program (sequence, KV head, split): every query head of the group over one slice of the context.
@@ -108,7 +108,10 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, scale, 
     The slices are sized from the context on the device (a CUDA graph fixes only their number), at
     least ``min_split`` keys each; past the context a slice does nothing, and a context of one slice
     is written out directly. Slices that share a context each store a partial softmax and count in;
-    the last to arrive merges them, so no second kernel runs.
+    the last to arrive merges them, so no second kernel runs. With ``NEW_KV`` the step's own key and
+    value (position ``ctx - 1``) come from ``KNew``/``VNew``: the slice that holds that position writes
+    them to their cache slot (``Slots``; -1 writes nothing) and folds them in from registers, so no
+    store kernel runs before this one and nothing waits for the write.
     """
     pdl_launch_then_wait(PDL)
     b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -128,11 +131,20 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, scale, 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    if NEW_KV:  # requested before the loop, so their latency hides behind it
+        holds_new = split == busy - 1  # False for a padding row (busy 0)
+        k_new, v_new = _store_new_kv(KNew + b * sknb + kvh * sknh, VNew + b * svnb + kvh * svnh, Slots + b, KC, VC,
+                                     kvh, d, tl.where(holds_new, HEAD_DIM, 0), skb, sks, skh, svb, svs, svh,
+                                     BLOCK_SIZE)
+        hi = tl.where(holds_new, hi - 1, hi)  # the new key is folded in from registers below
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < hi
         m_i, l_i, acc = _attend_tile(q, KC, VC, Tables + b * stb, n, n_ok, n_ok[None, :], d, d_ok, kvh, m_i, l_i,
                                      acc, scale, skb, sks, skh, svb, svs, svh, BLOCK_SIZE, IEEE, UPCAST)
+    if NEW_KV:
+        if holds_new:
+            m_i, l_i, acc = _attend_one(q, k_new, v_new, m_i, l_i, acc, scale, VC, UPCAST)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     out_ptrs = Out + b * sutb + heads[:, None] * suth + d[None, :]
     if busy <= 1:
@@ -149,6 +161,32 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, scale, 
         if tl.atomic_add(counter, 1, sem="acq_rel") == busy - 1:
             _merge_splits(o_ptrs, m_ptrs, out_ptrs, busy, sos, g_ok, d_ok, BLOCK_G, BLOCK_D, BLOCK_S, MERGE_CHUNK)
             tl.atomic_xchg(counter, 0)  # the next call and CUDA-graph replays start at 0
+
+
+@_jit
+def _store_new_kv(KNew, VNew, Slot, KC, VC, kvh, d, width, skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr):
+    """Load one KV head's new key and value (elements ``d < width``: 0 loads nothing), write them to
+    the cache slot (unless it is -1), and return them as the cache holds them (its dtype), in float32."""
+    k = tl.load(KNew + d, mask=d < width, other=0.0).to(KC.dtype.element_ty)
+    v = tl.load(VNew + d, mask=d < width, other=0.0).to(VC.dtype.element_ty)
+    slot = tl.load(Slot).to(tl.int64)
+    block, row = slot // BLOCK_SIZE, slot % BLOCK_SIZE
+    written = d < tl.where(slot >= 0, width, 0)
+    tl.store(KC + block * skb + row * sks + kvh * skh + d, k, mask=written)
+    tl.store(VC + block * svb + row * svs + kvh * svh + d, v, mask=written)
+    return k.to(tl.float32), v.to(tl.float32)
+
+
+@_jit
+def _attend_one(q, k, v, m_i, l_i, acc, scale, VC, UPCAST: tl.constexpr):
+    """One key ``k`` and value ``v`` ``[D]`` folded into the online softmax of the queries ``q`` ``[G, D]``,
+    rounded as :func:`_attend_tile` rounds (the probability to the cache's dtype before it meets v)."""
+    s = tl.sum(q.to(tl.float32) * k[None, :], 1) * scale
+    m_new = tl.maximum(m_i, s)
+    alpha = tl.exp(m_i - m_new)  # m_new is finite: s is
+    p = tl.exp(s - m_new)
+    p_v = p if UPCAST else p.to(VC.dtype.element_ty).to(tl.float32)
+    return m_new, l_i * alpha + p, acc * alpha[:, None] + p_v[:, None] * v[None, :]
 
 
 @_jit
@@ -263,13 +301,17 @@ def decode_splits(num_seqs: int, num_kv_heads: int, max_context: int | None = No
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                  context_lens: torch.Tensor, scale: float | None = None, num_splits: int | None = None,
-                 out: torch.Tensor | None = None, min_split_tokens: int | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, min_split_tokens: int | None = None,
+                 new_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Decode attention, the same contract as :func:`inferlab.attention.paged.paged_attention`.
 
     q ``[seqs, q_heads, d]``; caches ``[blocks, block_size, kv_heads, d]``; block_tables ``[seqs, max_blocks]``
     (int32 or int64, entries past a context are not read); context_lens ``[seqs]``. A sequence with
     context 0 (a padding row) gets zeros. Split-K over at most ``num_splits`` slices (default:
     :func:`decode_splits`) of at least ``min_split_tokens`` keys (default :data:`MIN_SPLIT_TOKENS`).
+    ``new_kv = (k, v, slots)`` (``[seqs, kv_heads, d]`` twice, ``[seqs]``): each sequence's newest
+    key and value (position ``context_lens - 1``) are taken from ``k``/``v`` and written to ``slots``
+    by this kernel, as :func:`store_kv` followed by this call would, in one launch.
     """
     _check(q)
     b, hq, d = q.shape
@@ -289,14 +331,24 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     o_part = torch.empty(b, hq, splits, block_d, dtype=torch.float32, device=q.device)
     m_part = torch.empty(b, hq, splits, 2, dtype=torch.float32, device=q.device)
     counters = _split_counters(q.device, b * hkv)
+    k_new, v_new, slots = _new_kv(new_kv, b, hkv, d) if new_kv is not None else (q, q, context_lens)
     cfg = {"num_warps": 4, "num_stages": 2, "BLOCK_N": 64} if q.is_cuda else {"BLOCK_N": 16}
     _decode_kernel[(b, hkv, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, out, o_part, m_part, counters, scale, splits, min_split, hkv,
-        q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0),
-        out.stride(0), out.stride(1), *o_part.stride()[:3], *m_part.stride()[:2], GROUP=group,
+        q, k_cache, v_cache, block_tables, context_lens, out, o_part, m_part, counters, k_new, v_new, slots, scale,
+        splits, min_split, hkv, q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+        block_tables.stride(0), out.stride(0), out.stride(1), *o_part.stride()[:3], *m_part.stride()[:2],
+        *k_new.stride()[:2], *v_new.stride()[:2], NEW_KV=new_kv is not None, GROUP=group,
         BLOCK_SIZE=block_size, HEAD_DIM=d, BLOCK_G=_pow2(group), BLOCK_D=block_d, BLOCK_S=MAX_SPLITS, MERGE_CHUNK=8,
         IEEE=_ieee(q), UPCAST=_upcast(q), **cfg, **launch_options(q))
     return out
+
+
+def _new_kv(new_kv, seqs: int, kv_heads: int, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k, v, slots = new_kv
+    if k.shape != (seqs, kv_heads, d) or v.shape != k.shape or slots.shape != (seqs,):
+        raise ValueError(f"new_kv: k and v must be [seqs, kv_heads, head_dim] = {[seqs, kv_heads, d]} and slots "
+                         f"[{seqs}], got {list(k.shape)}, {list(v.shape)}, {list(slots.shape)}")
+    return (k if k.stride(-1) == 1 else k.contiguous()), (v if v.stride(-1) == 1 else v.contiguous()), slots
 
 
 _COUNTERS: dict[str, torch.Tensor] = {}
@@ -348,14 +400,17 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 # --------------------------------------------------------------------------- the engine backend
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
            k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """The ``triton`` backend: the step's K/V are stored (:func:`store_kv`); read the blocks in place.
+    """The ``triton`` backend: store the step's K/V, then read the blocks in place.
 
-    A step of decode rows only runs :func:`paged_decode` (the CUDA-graphed case); any other step runs
-    one :func:`paged_prefill` over every cached sequence. Chunks that own no cache (a reference
+    A step of decode rows only runs :func:`paged_decode`, which stores each row's K/V itself (the
+    CUDA-graphed case: one kernel per layer); any other step runs :func:`store_kv`, then one
+    :func:`paged_prefill` over every cached sequence. Chunks that own no cache (a reference
     forward, static batching's padding) attend to their own K/V through SDPA.
     """
     if meta.is_decode:
-        return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.num_splits)
+        return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, meta.num_splits,
+                            new_kv=(k, v, meta.slot_mapping))
+    store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     out = torch.empty_like(q)
     if meta.context_lens is not None:
         out = paged_prefill(q, k_cache, v_cache, meta.block_tables, meta.query_starts, meta.context_lens,
