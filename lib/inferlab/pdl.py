@@ -11,8 +11,10 @@ the predecessor has finished and its writes are visible.
 
 The rules every kernel here follows, so that correctness never depends on timing:
 
-- each program waits unconditionally, before it reads anything an earlier kernel wrote and before
-  any store or atomic; only read-only data (weights) is loaded before the wait;
+- each program waits unconditionally, before it reads anything an earlier kernel of this step
+  wrote and before any store or atomic; only what no kernel of the step writes is loaded before
+  the wait (weights; the step's lengths and block tables; the KV cache of earlier steps, read by
+  the decode kernel that stores this step's K/V itself);
 - what an earlier kernel wrote is read through coherent loads, never the read-only cache
   (``ld.global.nc``): a kernel can start while an older one still reads through the same L1, and
   in a CUDA graph that memory may hold the new activation, so a non-coherent load can return the
@@ -36,7 +38,8 @@ through ``cudaLaunchKernelEx``; :func:`enabled` decides for it too). The
 tensor-core kernels for 2–64 rows do not: they have nothing to load before the wait, and with PDL
 the batch-32 steps of the H200 record got slower (data/results/quant-pdl-ablation-h200.json). On
 an H200 the graphed Llama-3-8B-shaped batch-1 decode step went from 2.46 to 2.13 ms in int4 and from
-4.65 to 4.54 ms in bf16, with identical logits (data/results/quant-step-profile-h200.json).
+4.65 to 4.54 ms in bf16, with identical logits (data/results/quant-step-profile-h200.json as
+recorded at 81e8989; at 1e8b7af, with the CUDA int4 kernel, 2.06 to 1.90 ms and 4.53 to 4.49 ms).
 ``INFERLAB_PDL=0`` turns it off (for comparison); without a Hopper GPU or without
 ``triton.language.extra.cuda.gdc_wait`` it is off, and the kernels compile without the two
 instructions (the Triton interpreter never sees them).
@@ -63,7 +66,7 @@ except ImportError:  # pragma: no cover - CPU wheels without triton
     def _jit(fn):
         return fn
 
-__all__ = ["enabled", "launch_options", "pdl_launch_then_wait", "pdl_wait"]
+__all__ = ["enabled", "launch_options", "pdl_launch", "pdl_launch_then_wait", "pdl_wait", "pdl_wait_previous"]
 
 _STATE: dict = {}
 
@@ -91,6 +94,20 @@ def pdl_wait(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
+
+
+@_jit
+def pdl_launch(PDL: tl.constexpr):
+    """Let the next kernel start now; wait later (:func:`pdl_wait_previous`). No-op without PDL."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@_jit
+def pdl_wait_previous(PDL: tl.constexpr):
+    """Wait for the previous kernel (its writes visible), after :func:`pdl_launch`. No-op without PDL."""
+    if PDL:
+        gdc_wait()
 
 
 @_jit

@@ -33,7 +33,7 @@ import torch
 from inferlab.attention.flash_triton import interpreting, triton_available
 from inferlab.attention.metadata import AttentionMetadata
 from inferlab.paging import cdiv
-from inferlab.pdl import launch_options, pdl_launch_then_wait
+from inferlab.pdl import launch_options, pdl_launch, pdl_launch_then_wait, pdl_wait_previous
 
 __all__ = ["attend", "paged_decode", "paged_prefill", "store_kv", "decode_splits"]
 
@@ -63,14 +63,19 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @_jit
-def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, acc, scale,
-                 skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """One tile of keys ``n`` (found through the block table) folded into the online softmax (m, l, acc)."""
+def _load_tile(KC, VC, table_ptr, n, n_ok, d, d_ok, kvh, skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr):
+    """The keys and values of positions ``n`` (found through the block table), zeros where not ``n_ok``."""
     block = tl.load(table_ptr + n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)  # no int32 overflow in offsets
     row = n % BLOCK_SIZE
     kv_mask = n_ok[:, None] & d_ok[None, :]
     k = tl.load(KC + block[:, None] * skb + row[:, None] * sks + kvh * skh + d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(VC + block[:, None] * svb + row[:, None] * svs + kvh * svh + d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@_jit
+def _fold_tile(q, k, v, keep, m_i, l_i, acc, scale, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile of keys and values folded into the online softmax (m, l, acc) of the queries ``q``."""
     if UPCAST:  # the interpreter has no bf16 matmul
         k, v = k.to(tl.float32), v.to(tl.float32)
     s = tl.where(keep, _dot(q, tl.trans(k), IEEE) * scale, float("-inf"))
@@ -81,6 +86,16 @@ def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, ac
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
     return m_new, l_i, acc
+
+
+
+
+@_jit
+def _attend_tile(q, KC, VC, table_ptr, n, n_ok, keep, d, d_ok, kvh, m_i, l_i, acc, scale,
+                 skb, sks, skh, svb, svs, svh, BLOCK_SIZE: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile of keys ``n`` (found through the block table) folded into the online softmax (m, l, acc)."""
+    k, v = _load_tile(KC, VC, table_ptr, n, n_ok, d, d_ok, kvh, skb, sks, skh, svb, svs, svh, BLOCK_SIZE)
+    return _fold_tile(q, k, v, keep, m_i, l_i, acc, scale, IEEE, UPCAST)
 
 
 @_jit
@@ -100,8 +115,8 @@ def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.con
 @_jit
 def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, KNew, VNew, Slots, scale, num_splits,
                    min_split, num_kv_heads, sqb, sqh, skb, sks, skh, svb, svs, svh, stb, sutb, suth, sob, soh, sos,
-                   smb, smh, sknb, sknh, svnb, svnh, NEW_KV: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr,
+                   smb, smh, sknb, sknh, svnb, svnh, NEW_KV: tl.constexpr, GROUP: tl.constexpr,
+                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr,
                    IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
     """Program (sequence, KV head, split): every query head of the group over one slice of the context.
 
@@ -111,36 +126,46 @@ def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, KNew, V
     the last to arrive merges them, so no second kernel runs. With ``NEW_KV`` the step's own key and
     value (position ``ctx - 1``) come from ``KNew``/``VNew``: the slice that holds that position writes
     them to their cache slot (``Slots``; -1 writes nothing) and folds them in from registers, so no
-    store kernel runs before this one and nothing waits for the write.
+    store kernel runs before this one and nothing waits for the write. The rest of the cache was
+    then written by earlier steps, so under PDL each program reads its first tile of it (and the
+    lengths and block table, fixed before the step) before it waits for the kernel before it.
     """
-    pdl_launch_then_wait(PDL)
+    if NEW_KV:  # the cache holds earlier steps' keys only: its first tile is read before the wait
+        pdl_launch(PDL)
+    else:
+        pdl_launch_then_wait(PDL)
     b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ctx = tl.load(Lens + b)
     per_split = tl.cdiv(tl.maximum(tl.cdiv(ctx, num_splits), min_split), BLOCK_N) * BLOCK_N
     busy = tl.cdiv(ctx, per_split)  # slices that hold keys (0 for a padding row)
     lo = split * per_split
     hi = tl.minimum(lo + per_split, ctx)  # an empty range past the context
+    if NEW_KV:
+        holds_new = split == busy - 1  # False for a padding row (busy 0)
+        hi = tl.where(holds_new, hi - 1, hi)  # the new key is folded in from registers below
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     heads = kvh * GROUP + g
     g_ok, d_ok = g < GROUP, d < HEAD_DIM
     gd_ok = g_ok[:, None] & d_ok[None, :]
+    table = Tables + b * stb
+    n = lo + tl.arange(0, BLOCK_N)
+    k, v = _load_tile(KC, VC, table, n, n < hi, d, d_ok, kvh, skb, sks, skh, svb, svs, svh, BLOCK_SIZE)
+    if NEW_KV:
+        pdl_wait_previous(PDL)  # the queries and the new K/V come from the kernels before
+        k_new, v_new = _store_new_kv(KNew + b * sknb + kvh * sknh, VNew + b * svnb + kvh * svnh, Slots + b, KC, VC,
+                                     kvh, d, tl.where(holds_new, HEAD_DIM, 0), skb, sks, skh, svb, svs, svh,
+                                     BLOCK_SIZE)
     q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=gd_ok, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    if NEW_KV:  # requested before the loop, so their latency hides behind it
-        holds_new = split == busy - 1  # False for a padding row (busy 0)
-        k_new, v_new = _store_new_kv(KNew + b * sknb + kvh * sknh, VNew + b * svnb + kvh * svnh, Slots + b, KC, VC,
-                                     kvh, d, tl.where(holds_new, HEAD_DIM, 0), skb, sks, skh, svb, svs, svh,
-                                     BLOCK_SIZE)
-        hi = tl.where(holds_new, hi - 1, hi)  # the new key is folded in from registers below
-    for start in range(lo, hi, BLOCK_N):
+    m_i, l_i, acc = _fold_tile(q, k, v, (n < hi)[None, :], m_i, l_i, acc, scale, IEEE, UPCAST)
+    for start in range(lo + BLOCK_N, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < hi
-        m_i, l_i, acc = _attend_tile(q, KC, VC, Tables + b * stb, n, n_ok, n_ok[None, :], d, d_ok, kvh, m_i, l_i,
+        m_i, l_i, acc = _attend_tile(q, KC, VC, table, n, n < hi, (n < hi)[None, :], d, d_ok, kvh, m_i, l_i,
                                      acc, scale, skb, sks, skh, svb, svs, svh, BLOCK_SIZE, IEEE, UPCAST)
     if NEW_KV:
         if holds_new:

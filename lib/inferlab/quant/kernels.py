@@ -31,7 +31,8 @@ form, unsplit, made the whole 8B step at batch 32 0.48× bf16). The one-row kern
 programmatic dependent launch (:mod:`inferlab.pdl`) and load their first K step's weights before
 waiting for the previous kernel; with that, the sweep picks one K step per program for most int4
 layers (the whole of a program's weights in flight while the kernel before it finishes), and the
-graphed 8B batch-1 int4 step went from 2.46 to 2.13 ms (data/results/quant-step-profile-h200.json).
+graphed 8B batch-1 int4 step went from 2.46 to 2.13 ms (data/results/quant-step-profile-h200.json as
+recorded at 81e8989).
 The tensor-core ``dot`` kernels launch without it: with it, the batch-32 steps were slower
 (data/results/quant-pdl-ablation-h200.json). The int4 gemv is bound by latency, not bandwidth.
 Nsight Compute on one cold launch per 8B layer (``scripts/gpu/quant_ncu.py``, PDL off;
