@@ -397,7 +397,7 @@ if profile is None:
 else:
     for variant, rec in profile.items():
         linear = sum(us for name, _, us in rec["kernels"] if name.startswith(("nvjet", "gemv", "dot"))
-                     or "splitK" in name)
+                     or "splitK" in name or "gemv_int4_kernel" in name)  # the last: the CUDA kernel
         serial = rec["step_us_without_pdl"]
         print(f"{variant:5s} without PDL: step {serial:6.0f} µs = linear layers {linear:6.0f} µs"
               f" + other kernels {rec['kernel_us'] - linear:4.0f} µs + gaps {serial - rec['kernel_us']:4.0f} µs;"
