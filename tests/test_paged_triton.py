@@ -94,7 +94,8 @@ def _decode_with_new_kv(q, k_cache, v_cache, tables, ctx, bt, device, dtype) -> 
     from inferlab.attention.paged import write_slots
 
     bs = k_cache.shape[1]
-    slots = torch.tensor([t[(n - 1) // bs] * bs + (n - 1) % bs for t, n in zip(tables, ctx.tolist(), strict=True)]).to(device)
+    last = [n - 1 for n in ctx.tolist()]  # each sequence's newest position
+    slots = torch.tensor([t[p // bs] * bs + p % bs for t, p in zip(tables, last, strict=True)]).to(device)
     k, v = (torch.randn(len(tables), *k_cache.shape[2:]).to(device, dtype) for _ in range(2))
     want_k, want_v = k_cache.clone(), v_cache.clone()
     write_slots(k, v, slots, want_k, want_v)

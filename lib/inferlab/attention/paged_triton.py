@@ -116,8 +116,9 @@ def _store_kernel(K, V, KC, VC, Slots, skt, svt, skc_slot, svc_slot, ROW: tl.con
 def _decode_kernel(Q, KC, VC, Tables, Lens, Out, OPart, MPart, Counters, KNew, VNew, Slots, scale, num_splits,
                    min_split, num_kv_heads, sqb, sqh, skb, sks, skh, svb, svs, svh, stb, sutb, suth, sob, soh, sos,
                    smb, smh, sknb, sknh, svnb, svnh, NEW_KV: tl.constexpr, GROUP: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-                   IEEE: tl.constexpr, UPCAST: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, MERGE_CHUNK: tl.constexpr, IEEE: tl.constexpr,
+                   UPCAST: tl.constexpr, PDL: tl.constexpr):
     """Program (sequence, KV head, split): every query head of the group over one slice of the context.
 
     The slices are sized from the context on the device (a CUDA graph fixes only their number), at
